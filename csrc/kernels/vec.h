@@ -1,0 +1,67 @@
+// Small vector primitives for the per-ISA kernels.
+//
+// This header is included by files compiled once per instruction set, so everything in it must
+// have internal linkage (anonymous namespace): an inline function with external linkage would be
+// merged by the linker across the copies and the AVX-512 body could end up on the generic path.
+// The loops rely on `omp simd` so each ISA copy is vectorised to its own width.
+#pragma once
+#include <cstdint>
+
+#ifndef VSAD_ISA
+#error "VSAD_ISA must name the instruction set this translation unit is compiled for"
+#endif
+
+namespace vsad {
+namespace VSAD_ISA {
+namespace {
+
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Four dot products sharing the left operand: four independent FMA chains hide the FMA latency
+// and `a` is loaded once.
+template <typename T>
+inline void dot4(const T* __restrict a, const T* __restrict b0, const T* __restrict b1,
+                 const T* __restrict b2, const T* __restrict b3, int64_t n, T* __restrict out) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t i = 0; i < n; ++i) {
+    const T x = a[i];
+    s0 += x * b0[i];
+    s1 += x * b1[i];
+    s2 += x * b2[i];
+    s3 += x * b3[i];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
+// y += alpha * x
+template <typename T>
+inline void axpy(T* __restrict y, T alpha, const T* __restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+template <typename T>
+inline void zero(T* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = T(0);
+}
+
+// y = alpha * x
+template <typename T>
+inline void scale_to(T* __restrict y, T alpha, const T* __restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = alpha * x[i];
+}
+
+}  // namespace
+}  // namespace VSAD_ISA
+}  // namespace vsad

@@ -1,0 +1,390 @@
+// MVAM window attention, fused forward and backward (DESIGN.md §3.1), compiled once per ISA.
+//
+// Shared-corner trick: the R x R candidates of one neighbour slot sit at integer offsets from one
+// projected point, so they all have the same fractional part (fx, fy) and their bilinear corners
+// form one (R+1) x (R+1) grid of pixels. Each query therefore takes (R+1)^2 dot products per
+// slot and head instead of 4 R^2, and the value side accumulates one coefficient per grid pixel
+// before touching V. Per query, the logits of all candidates (N*R*R*heads scalars) are computed
+// first, then the softmax, then the weighted sum: this is the online softmax's single pass over
+// the queries without its per-candidate rescaling of the C-wide accumulator, and nothing of size
+// candidates x C ever exists. Backward recomputes the logits from q and k and the saved per-query
+// log-sum-exp.
+#include <omp.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+
+#include "kernels/vec.h"
+#include "window_attention.h"
+
+namespace vsad {
+namespace VSAD_ISA {
+namespace {
+
+// Per-thread buffers for one query. Plain malloc'd arrays: no std containers in per-ISA code
+// (their out-of-line members would be shared across the ISA copies by the linker).
+template <typename T>
+struct QueryScratch {
+  int64_t* grid = nullptr;        // N*G: element offset of the grid pixel in k/v, -1 = unused
+  unsigned char* valid = nullptr; // N*RR
+  unsigned char* active = nullptr;// N
+  T* frac = nullptr;              // N*2: (fx, fy) per slot
+  T* logits = nullptr;            // N*RR*heads, overwritten by the attention weights
+  T* gdot = nullptr;              // G*heads
+  T* coef_a = nullptr;            // G*heads
+  T* coef_b = nullptr;            // G*heads
+  int64_t* idx = nullptr;         // G: compact list of used grid pixels of a slot
+  T* row_terms = nullptr;         // heads
+
+  QueryScratch(int64_t N, int64_t R, int64_t heads) {
+    const int64_t G = (R + 1) * (R + 1), RR = R * R;
+    grid = alloc<int64_t>(N * G);
+    valid = alloc<unsigned char>(N * RR);
+    active = alloc<unsigned char>(N);
+    frac = alloc<T>(N * 2);
+    logits = alloc<T>(N * RR * heads);
+    gdot = alloc<T>(G * heads);
+    coef_a = alloc<T>(G * heads);
+    coef_b = alloc<T>(G * heads);
+    idx = alloc<int64_t>(G);
+    row_terms = alloc<T>(heads);
+  }
+  ~QueryScratch() {
+    std::free(grid); std::free(valid); std::free(active); std::free(frac); std::free(logits);
+    std::free(gdot); std::free(coef_a); std::free(coef_b); std::free(idx); std::free(row_terms);
+  }
+  template <typename U>
+  static U* alloc(int64_t n) {
+    void* p = std::malloc(sizeof(U) * size_t((n > 1 ? n : 1)));
+    if (!p) throw std::bad_alloc();
+    return static_cast<U*>(p);
+  }
+};
+
+// Projects query pixel (x, y) of view i (batch b) into every neighbour slot and fills the
+// candidate validity and the grid of pixels their bilinear samples read. Returns whether any
+// candidate is valid.
+template <typename T>
+bool build_geometry(const WindowAttentionArgs<T>& a, int64_t b, int64_t i, int64_t y, int64_t x,
+                    QueryScratch<T>& s) {
+  const int64_t R = a.R, RR = R * R, G = (R + 1) * (R + 1), N = a.N;
+  const double half = double(R - 1) * 0.5;
+  const double xmax = double(a.W - 1), ymax = double(a.H - 1);
+  bool any = false;
+  for (int64_t n = 0; n < N; ++n) {
+    s.active[n] = 0;
+    unsigned char* valid = s.valid + n * RR;
+    int64_t* grid = s.grid + n * G;
+    std::memset(valid, 0, size_t(RR));
+    for (int64_t g = 0; g < G; ++g) grid[g] = -1;
+    const int64_t j = a.neighbors[i * N + n];
+    if (j < 0) continue;
+    const int64_t hb = a.hom_batch == 1 ? 0 : b;
+    const double* Hm = a.homography + ((hb * a.M + i) * N + n) * 9;
+    const double xd = double(x), yd = double(y);
+    const double px = Hm[0] * xd + Hm[1] * yd + Hm[2];
+    const double py = Hm[3] * xd + Hm[4] * yd + Hm[5];
+    const double pw = Hm[6] * xd + Hm[7] * yd + Hm[8];
+    if (!(pw > 1e-8)) continue;
+    // Top-left candidate of the window; candidate (a, b) sits at (bx + a, by + b).
+    const double bx = px / pw - half, by = py / pw - half;
+    if (!(bx <= xmax && bx + double(R - 1) >= 0.0 && by <= ymax && by + double(R - 1) >= 0.0))
+      continue;  // whole window outside the image (also rejects NaN)
+    const double x0 = std::floor(bx), y0 = std::floor(by);
+    bool slot_any = false;
+    for (int64_t r = 0; r < RR; ++r) {
+      const double sx = bx + double(r % R), sy = by + double(r / R);
+      const bool ok = sx >= 0.0 && sx <= xmax && sy >= 0.0 && sy <= ymax;
+      valid[r] = ok;
+      slot_any |= ok;
+    }
+    if (!slot_any) continue;
+    s.active[n] = 1;
+    any = true;
+    s.frac[2 * n] = T(bx - x0);
+    s.frac[2 * n + 1] = T(by - y0);
+    const int64_t view_base = (b * a.M + j) * a.H * a.W;
+    const int64_t ix0 = int64_t(x0), iy0 = int64_t(y0);
+    // Mark the grid pixels some valid candidate reads; pixels outside the image stay -1 (they
+    // only ever carry a zero or rounding-level weight, as grid_sample's zero padding).
+    for (int64_t r = 0; r < RR; ++r) {
+      if (!valid[r]) continue;
+      const int64_t ca = r % R, cb = r / R;
+      for (int64_t dy = 0; dy < 2; ++dy)
+        for (int64_t dx = 0; dx < 2; ++dx) {
+          const int64_t X = ix0 + ca + dx, Y = iy0 + cb + dy;
+          if (X < 0 || X >= a.W || Y < 0 || Y >= a.H) continue;
+          grid[(cb + dy) * (R + 1) + ca + dx] = (view_base + Y * a.W + X) * a.C;
+        }
+    }
+  }
+  return any;
+}
+
+// gdot[g, h] = <lhs_h, src[grid g]_h> for the used grid pixels of one slot, 0 elsewhere.
+template <typename T>
+void grid_dots(const T* lhs, const T* src, const int64_t* grid, int64_t G, int64_t heads,
+               int64_t d, QueryScratch<T>& s) {
+  int64_t used = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    if (grid[g] >= 0) s.idx[used++] = g;
+    for (int64_t h = 0; h < heads; ++h) s.gdot[g * heads + h] = T(0);
+  }
+  for (int64_t h = 0; h < heads; ++h) {
+    const T* l = lhs + h * d;
+    int64_t t = 0;
+    for (; t + 4 <= used; t += 4) {
+      T r4[4];
+      dot4(l, src + grid[s.idx[t]] + h * d, src + grid[s.idx[t + 1]] + h * d,
+           src + grid[s.idx[t + 2]] + h * d, src + grid[s.idx[t + 3]] + h * d, d, r4);
+      for (int u = 0; u < 4; ++u) s.gdot[s.idx[t + u] * heads + h] = r4[u];
+    }
+    for (; t < used; ++t) s.gdot[s.idx[t] * heads + h] = dot(l, src + grid[s.idx[t]] + h * d, d);
+  }
+}
+
+// Bilinear weights of the four grid corners of a candidate, in (g, g+1, g+R+1, g+R+2) order.
+template <typename T>
+inline void corner_weights(const T* frac, T* w) {
+  const T fx = frac[0], fy = frac[1];
+  w[0] = (T(1) - fx) * (T(1) - fy);
+  w[1] = fx * (T(1) - fy);
+  w[2] = (T(1) - fx) * fy;
+  w[3] = fx * fy;
+}
+
+// Fills s.logits with scale * <q_h, k_h(s) + pos_k[n, r]_h> for every valid candidate.
+template <typename T>
+void compute_logits(const WindowAttentionArgs<T>& a, const T* q, QueryScratch<T>& s) {
+  const int64_t R = a.R, RR = R * R, G = (R + 1) * (R + 1), heads = a.heads, d = a.C / heads;
+  const T scale = T(a.scale);
+  for (int64_t n = 0; n < a.N; ++n) {
+    if (!s.active[n]) continue;
+    grid_dots(q, a.k, s.grid + n * G, G, heads, d, s);
+    T w[4];
+    corner_weights(s.frac + 2 * n, w);
+    for (int64_t r = 0; r < RR; ++r) {
+      if (!s.valid[n * RR + r]) continue;
+      const int64_t g = (r / R) * (R + 1) + r % R;
+      const T* pk = a.pos_k + (n * RR + r) * a.C;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T* gd = s.gdot + h;
+        const T kq = w[0] * gd[g * heads] + w[1] * gd[(g + 1) * heads] +
+                     w[2] * gd[(g + R + 1) * heads] + w[3] * gd[(g + R + 2) * heads];
+        s.logits[(n * RR + r) * heads + h] = scale * (kq + dot(q + h * d, pk + h * d, d));
+      }
+    }
+  }
+}
+
+template <typename T>
+void forward_query(const WindowAttentionForward<T>& a, int64_t b, int64_t i, int64_t y, int64_t x,
+                   QueryScratch<T>& s) {
+  const int64_t R = a.R, RR = R * R, G = (R + 1) * (R + 1), heads = a.heads, d = a.C / heads;
+  const int64_t qi = ((b * a.M + i) * a.H + y) * a.W + x;
+  const T* q = a.q + qi * a.C;
+  T* o = a.out + qi * a.C;
+  T* lse = a.lse + qi * heads;
+  std::memset(o, 0, sizeof(T) * size_t(a.C));
+  if (!build_geometry<T>(a, b, i, y, x, s)) {
+    for (int64_t h = 0; h < heads; ++h) lse[h] = -std::numeric_limits<T>::infinity();
+    return;
+  }
+  compute_logits<T>(a, q, s);
+
+  // Softmax over the valid candidates of each head.
+  for (int64_t h = 0; h < heads; ++h) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t c = 0; c < a.N * RR; ++c)
+      if (s.active[c / RR] && s.valid[c]) m = s.logits[c * heads + h] > m ? s.logits[c * heads + h] : m;
+    T sum = 0;
+    for (int64_t c = 0; c < a.N * RR; ++c)
+      if (s.active[c / RR] && s.valid[c]) {
+        const T e = std::exp(s.logits[c * heads + h] - m);
+        s.logits[c * heads + h] = e;
+        sum += e;
+      }
+    const T inv = T(1) / sum;
+    for (int64_t c = 0; c < a.N * RR; ++c)
+      if (s.active[c / RR] && s.valid[c]) s.logits[c * heads + h] *= inv;
+    lse[h] = m + std::log(sum);
+  }
+
+  // out_h = sum_c alpha_c (v_h(s_c) + pos_v[c]_h), with v gathered once per grid pixel.
+  for (int64_t n = 0; n < a.N; ++n) {
+    if (!s.active[n]) continue;
+    const int64_t* grid = s.grid + n * G;
+    zero(s.coef_a, G * heads);
+    T w[4];
+    corner_weights(s.frac + 2 * n, w);
+    for (int64_t r = 0; r < RR; ++r) {
+      if (!s.valid[n * RR + r]) continue;
+      const int64_t g = (r / R) * (R + 1) + r % R;
+      const T* pv = a.pos_v + (n * RR + r) * a.C;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T al = s.logits[(n * RR + r) * heads + h];
+        s.coef_a[g * heads + h] += al * w[0];
+        s.coef_a[(g + 1) * heads + h] += al * w[1];
+        s.coef_a[(g + R + 1) * heads + h] += al * w[2];
+        s.coef_a[(g + R + 2) * heads + h] += al * w[3];
+        axpy(o + h * d, al, pv + h * d, d);
+      }
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      if (grid[g] < 0) continue;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T c = s.coef_a[g * heads + h];
+        if (c != T(0)) axpy(o + h * d, c, a.v + grid[g] + h * d, d);
+      }
+    }
+  }
+}
+
+template <typename T>
+void forward_impl(const WindowAttentionForward<T>& a) {
+  const int64_t rows = a.B * a.M * a.H;
+#pragma omp parallel num_threads(a.num_threads)
+  {
+    QueryScratch<T> s(a.N, a.R, a.heads);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t row = 0; row < rows; ++row) {
+      const int64_t y = row % a.H, i = (row / a.H) % a.M, b = row / (a.H * a.M);
+      for (int64_t x = 0; x < a.W; ++x) forward_query<T>(a, b, i, y, x, s);
+    }
+  }
+}
+
+template <typename T>
+void backward_query(const WindowAttentionBackward<T>& a, int64_t b, int64_t i, int64_t y,
+                    int64_t x, T* dk, T* dv, T* dpos_k, T* dpos_v, QueryScratch<T>& s) {
+  const int64_t R = a.R, RR = R * R, G = (R + 1) * (R + 1), heads = a.heads, d = a.C / heads;
+  const int64_t qi = ((b * a.M + i) * a.H + y) * a.W + x;
+  const T* q = a.q + qi * a.C;
+  const T* go = a.grad_out + qi * a.C;
+  const T* o = a.out + qi * a.C;
+  const T* lse = a.lse + qi * heads;
+  T* dq = a.grad_q + qi * a.C;
+  std::memset(dq, 0, sizeof(T) * size_t(a.C));
+  if (!build_geometry<T>(a, b, i, y, x, s)) return;
+  compute_logits<T>(a, q, s);
+  const T scale = T(a.scale);
+
+  // D_h = <dout_h, out_h> = sum_c alpha_c <dout_h, v_c + pos_v_c>: the softmax backward's row term.
+  T* Dp = s.row_terms;
+  for (int64_t h = 0; h < heads; ++h) Dp[h] = dot(go + h * d, o + h * d, d);
+
+  for (int64_t n = 0; n < a.N; ++n) {
+    if (!s.active[n]) continue;
+    const int64_t* grid = s.grid + n * G;
+    grid_dots(go, a.v, grid, G, heads, d, s);  // <dout_h, v_h(pixel)>
+    zero(s.coef_a, G * heads);  // d logit -> k coefficients
+    zero(s.coef_b, G * heads);  // alpha -> v coefficients
+    T w[4];
+    corner_weights(s.frac + 2 * n, w);
+    for (int64_t r = 0; r < RR; ++r) {
+      if (!s.valid[n * RR + r]) continue;
+      const int64_t c = n * RR + r;
+      const int64_t g = (r / R) * (R + 1) + r % R;
+      const T* pk = a.pos_k + c * a.C;
+      const T* pv = a.pos_v + c * a.C;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T al = std::exp(s.logits[c * heads + h] - lse[h]);
+        const T* gd = s.gdot + h;
+        const T dalpha = w[0] * gd[g * heads] + w[1] * gd[(g + 1) * heads] +
+                         w[2] * gd[(g + R + 1) * heads] + w[3] * gd[(g + R + 2) * heads] +
+                         dot(go + h * d, pv + h * d, d);
+        const T gs = scale * al * (dalpha - Dp[h]);  // d loss / d <q, k + pos_k>
+        s.coef_a[g * heads + h] += gs * w[0];
+        s.coef_a[(g + 1) * heads + h] += gs * w[1];
+        s.coef_a[(g + R + 1) * heads + h] += gs * w[2];
+        s.coef_a[(g + R + 2) * heads + h] += gs * w[3];
+        s.coef_b[g * heads + h] += al * w[0];
+        s.coef_b[(g + 1) * heads + h] += al * w[1];
+        s.coef_b[(g + R + 1) * heads + h] += al * w[2];
+        s.coef_b[(g + R + 2) * heads + h] += al * w[3];
+        axpy(dq + h * d, gs, pk + h * d, d);
+        axpy(dpos_k + c * a.C + h * d, gs, q + h * d, d);
+        axpy(dpos_v + c * a.C + h * d, al, go + h * d, d);
+      }
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      if (grid[g] < 0) continue;
+      const int64_t off = grid[g];
+      for (int64_t h = 0; h < heads; ++h) {
+        const T ck = s.coef_a[g * heads + h], cv = s.coef_b[g * heads + h];
+        if (ck != T(0)) {
+          axpy(dq + h * d, ck, a.k + off + h * d, d);
+          axpy(dk + off + h * d, ck, q + h * d, d);
+        }
+        if (cv != T(0)) axpy(dv + off + h * d, cv, go + h * d, d);
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_impl(const WindowAttentionBackward<T>& a) {
+  const int64_t rows = a.B * a.M * a.H;
+  const int64_t kv = a.B * a.M * a.H * a.W * a.C;
+  const int64_t pos = a.N * a.R * a.R * a.C;
+  T* pos_base = a.scratch + (int64_t(a.num_threads) - 1) * 2 * kv;
+#pragma omp parallel num_threads(a.num_threads)
+  {
+    const int tid = omp_get_thread_num();
+    const int nt = omp_get_num_threads();
+    // dk/dv receive scattered updates from any query: thread 0 accumulates into the outputs,
+    // every other thread into a private copy summed at the end (no atomics, no races).
+    T* dk = tid == 0 ? a.grad_k : a.scratch + (int64_t(tid) - 1) * 2 * kv;
+    T* dv = tid == 0 ? a.grad_v : dk + kv;
+    T* dpk = pos_base + int64_t(tid) * 2 * pos;
+    T* dpv = dpk + pos;
+    std::memset(dk, 0, sizeof(T) * size_t(kv));
+    std::memset(dv, 0, sizeof(T) * size_t(kv));
+    std::memset(dpk, 0, sizeof(T) * size_t(2 * pos));
+#pragma omp barrier
+    {
+      QueryScratch<T> s(a.N, a.R, a.heads);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t row = 0; row < rows; ++row) {
+        const int64_t y = row % a.H, i = (row / a.H) % a.M, b = row / (a.H * a.M);
+        for (int64_t x = 0; x < a.W; ++x) backward_query<T>(a, b, i, y, x, dk, dv, dpk, dpv, s);
+      }
+    }
+    // Implicit barrier above; now reduce the private copies.
+    if (nt > 1) {
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < kv; ++e) {
+        T sk = a.grad_k[e], sv = a.grad_v[e];
+        for (int t = 1; t < nt; ++t) {
+          sk += a.scratch[(int64_t(t) - 1) * 2 * kv + e];
+          sv += a.scratch[(int64_t(t) - 1) * 2 * kv + kv + e];
+        }
+        a.grad_k[e] = sk;
+        a.grad_v[e] = sv;
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t e = 0; e < pos; ++e) {
+      T sk = 0, sv = 0;
+      for (int t = 0; t < nt; ++t) {
+        sk += pos_base[int64_t(t) * 2 * pos + e];
+        sv += pos_base[int64_t(t) * 2 * pos + pos + e];
+      }
+      a.grad_pos_k[e] = sk;
+      a.grad_pos_v[e] = sv;
+    }
+  }
+}
+
+}  // namespace
+
+void window_attention_forward(const WindowAttentionForward<float>& a) { forward_impl(a); }
+void window_attention_forward(const WindowAttentionForward<double>& a) { forward_impl(a); }
+void window_attention_backward(const WindowAttentionBackward<float>& a) { backward_impl(a); }
+void window_attention_backward(const WindowAttentionBackward<double>& a) { backward_impl(a); }
+
+}  // namespace VSAD_ISA
+}  // namespace vsad

@@ -1,0 +1,67 @@
+// MVAM window attention (DESIGN.md §3.1): homography-projected R x R window gather + attention.
+#pragma once
+#include <cstdint>
+
+#include "cpu_features.h"
+
+namespace vsad {
+
+// Plain-buffer view of one call. All tensors are C-contiguous.
+//   q, k, v, out        (B, M, H, W, C)
+//   pos_k, pos_v        (N, R*R, C)
+//   homography          (hom_batch, M, N, 3, 3) float64, hom_batch in {1, B} (1 = shared)
+//   neighbors           (M, N) int64, -1 = empty slot
+//   lse                 (B, M, H, W, heads): log-sum-exp of the logits, -inf when no candidate
+template <typename T>
+struct WindowAttentionArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* pos_k;
+  const T* pos_v;
+  const double* homography;
+  const int64_t* neighbors;
+  int64_t B, M, H, W, C, N, R, heads, hom_batch;
+  double scale;
+  int num_threads;
+};
+
+template <typename T>
+struct WindowAttentionForward : WindowAttentionArgs<T> {
+  T* out;
+  T* lse;
+};
+
+template <typename T>
+struct WindowAttentionBackward : WindowAttentionArgs<T> {
+  const T* out;
+  const T* lse;
+  const T* grad_out;
+  T* grad_q;
+  T* grad_k;
+  T* grad_v;
+  T* grad_pos_k;
+  T* grad_pos_v;
+  // (num_threads - 1) * 2 * B*M*H*W*C + num_threads * 2 * N*R*R*C elements: per-thread
+  // accumulators for the scattered dk/dv and for dpos_k/dpos_v (thread 0 writes dk/dv in place).
+  T* scratch;
+};
+
+template <typename T>
+inline int64_t window_attention_backward_scratch_elems(const WindowAttentionArgs<T>& a) {
+  const int64_t kv = a.B * a.M * a.H * a.W * a.C;
+  const int64_t pos = a.N * a.R * a.R * a.C;
+  return (int64_t(a.num_threads) - 1) * 2 * kv + int64_t(a.num_threads) * 2 * pos;
+}
+
+#define VSAD_DECLARE_WINDOW_ATTENTION(isa)                                  \
+  namespace isa {                                                           \
+  void window_attention_forward(const WindowAttentionForward<float>& a);    \
+  void window_attention_forward(const WindowAttentionForward<double>& a);   \
+  void window_attention_backward(const WindowAttentionBackward<float>& a);  \
+  void window_attention_backward(const WindowAttentionBackward<double>& a); \
+  }
+VSAD_FOR_EACH_ISA(VSAD_DECLARE_WINDOW_ATTENTION)
+#undef VSAD_DECLARE_WINDOW_ATTENTION
+
+}  // namespace vsad

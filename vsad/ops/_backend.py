@@ -1,0 +1,46 @@
+"""Backend choice shared by all ops: by device, overridable with VSAD_BACKEND, logged at DEBUG."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from vsad._extension import cpp_available, triton_available
+
+logger = logging.getLogger("vsad.ops")
+
+BACKENDS = ("reference", "cpp", "triton")
+
+
+def choose_backend(op: str, device: torch.device, requested: str | None = None) -> str:
+    """The backend that runs `op` on tensors of `device`.
+
+    Priority: the `requested` argument, then the VSAD_BACKEND environment variable, then the
+    device's default (cpu -> cpp, cuda -> triton; reference when those are unavailable).
+    """
+    source = "argument"
+    if requested is None:
+        requested = os.environ.get("VSAD_BACKEND") or None
+        source = "VSAD_BACKEND" if requested else "device default"
+    if requested is not None:
+        if requested not in BACKENDS:
+            raise ValueError(f"backend ({source}): got {requested!r}, expected one of {BACKENDS}")
+        if requested == "cpp" and device.type != "cpu":
+            raise ValueError(
+                f"backend ({source}): 'cpp' runs on CPU tensors, got tensors on {device}"
+            )
+        if requested == "cpp" and not cpp_available():
+            raise RuntimeError(f"backend ({source}): 'cpp' requested but vsad._C is not built")
+        if requested == "triton" and not triton_available():
+            raise RuntimeError(f"backend ({source}): 'triton' requested but triton is not installed")
+        backend = requested
+    elif device.type == "cpu":
+        backend = "cpp" if cpp_available() else "reference"
+    elif device.type == "cuda" and triton_available():
+        backend = "triton"
+    else:
+        backend = "reference"
+    logger.debug("vsad.ops.%s: backend %s for %s tensors (%s)", op, backend, device, source)
+    return backend
