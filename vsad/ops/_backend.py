@@ -34,7 +34,9 @@ def choose_backend(op: str, device: torch.device, requested: str | None = None) 
         if requested == "cpp" and not cpp_available():
             raise RuntimeError(f"backend ({source}): 'cpp' requested but vsad._C is not built")
         if requested == "triton" and not triton_available():
-            raise RuntimeError(f"backend ({source}): 'triton' requested but triton is not installed")
+            raise RuntimeError(
+                f"backend ({source}): 'triton' requested but triton is not installed"
+            )
         backend = requested
     elif device.type == "cpu":
         backend = "cpp" if cpp_available() else "reference"
@@ -42,5 +44,6 @@ def choose_backend(op: str, device: torch.device, requested: str | None = None) 
         backend = "triton"
     else:
         backend = "reference"
-    logger.debug("vsad.ops.%s: backend %s for %s tensors (%s)", op, backend, device, source)
+    if not torch.compiler.is_compiling():  # dynamo cannot trace logging calls
+        logger.debug("vsad.ops.%s: backend %s for %s tensors (%s)", op, backend, device, source)
     return backend

@@ -105,5 +105,7 @@ def window_attention_reference(
     masked = torch.where(valid, logits, torch.full_like(logits, float("-inf")))
     masked = torch.where(any_valid, masked, torch.zeros_like(logits))
     alpha = torch.softmax(masked, dim=-1) * valid
-    out = torch.einsum("bmhwgc,bmhwcgd->bmhwgd", alpha, values.reshape(B, M, H, W, N * RR, heads, d))
+    out = torch.einsum(
+        "bmhwgc,bmhwcgd->bmhwgd", alpha, values.reshape(B, M, H, W, N * RR, heads, d)
+    )
     return out.reshape(B, M, H, W, C)

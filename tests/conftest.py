@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import vsad.ops._outputs as outputs
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def poison_kernel_outputs(monkeypatch):
+    """Every fused-op output starts as NaN, so an element a kernel does not write fails a test."""
+    monkeypatch.setattr(outputs, "POISON_OUTPUTS", True)
+    yield
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    """A generator with a fresh seed per test; the seed is printed (shown on failure)."""
+    seed = int.from_bytes(os.urandom(4), "little") >> 1
+    print(f"rng seed = {seed}")
+    return torch.Generator().manual_seed(seed)
