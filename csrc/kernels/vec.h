@@ -43,6 +43,38 @@ inline void dot4(const T* __restrict a, const T* __restrict b0, const T* __restr
   out[3] = s3;
 }
 
+// out[r] = <x, rows[r]> for r < count, four rows at a time.
+template <typename T>
+inline void dot_many(const T* __restrict x, const T* const* rows, int64_t count, int64_t n,
+                     T* __restrict out) {
+  int64_t r = 0;
+  for (; r + 4 <= count; r += 4) dot4(x, rows[r], rows[r + 1], rows[r + 2], rows[r + 3], n, out + r);
+  for (; r < count; ++r) out[r] = dot(x, rows[r], n);
+}
+
+// y += c[0] x0 + c[1] x1 + c[2] x2 + c[3] x3: one load and store of y for four rows.
+template <typename T>
+inline void axpy4(T* __restrict y, const T* c, const T* __restrict x0, const T* __restrict x1,
+                  const T* __restrict x2, const T* __restrict x3, int64_t n) {
+  const T c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += c0 * x0[i] + c1 * x1[i] + c2 * x2[i] + c3 * x3[i];
+}
+
+// y += sum_r coef[r] * rows[r]
+template <typename T>
+inline void axpy_many(T* __restrict y, const T* coef, const T* const* rows, int64_t count,
+                      int64_t n) {
+  int64_t r = 0;
+  for (; r + 4 <= count; r += 4) axpy4(y, coef + r, rows[r], rows[r + 1], rows[r + 2], rows[r + 3], n);
+  for (; r < count; ++r) {
+    const T c = coef[r];
+    const T* __restrict x = rows[r];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] += c * x[i];
+  }
+}
+
 // y += alpha * x
 template <typename T>
 inline void axpy(T* __restrict y, T alpha, const T* __restrict x, int64_t n) {

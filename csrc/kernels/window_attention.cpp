@@ -28,16 +28,22 @@ namespace {
 // (their out-of-line members would be shared across the ISA copies by the linker).
 template <typename T>
 struct QueryScratch {
-  int64_t* grid = nullptr;        // N*G: element offset of the grid pixel in k/v, -1 = unused
-  unsigned char* valid = nullptr; // N*RR
-  unsigned char* active = nullptr;// N
-  T* frac = nullptr;              // N*2: (fx, fy) per slot
-  T* logits = nullptr;            // N*RR*heads, overwritten by the attention weights
-  T* gdot = nullptr;              // G*heads
-  T* coef_a = nullptr;            // G*heads
-  T* coef_b = nullptr;            // G*heads
-  int64_t* idx = nullptr;         // G: compact list of used grid pixels of a slot
-  T* row_terms = nullptr;         // heads
+  int64_t* grid = nullptr;          // N*G: element offset of the grid pixel in k/v, -1 = unused
+  unsigned char* valid = nullptr;   // N*RR
+  unsigned char* active = nullptr;  // N
+  T* frac = nullptr;                // N*2: (fx, fy) per slot
+  T* logits = nullptr;              // N*RR*heads, overwritten by the attention weights
+  T* gdot = nullptr;                // G*heads: dot products with the grid pixels of one slot
+  T* coef_a = nullptr;              // G: per-grid-pixel coefficients of one slot and head
+  T* coef_b = nullptr;              // G
+  int64_t* idx = nullptr;           // G: the used grid pixels of the current slot
+  int64_t used = 0;                 //    and their count
+  int64_t* cand = nullptr;          // RR: the valid candidates of the current slot
+  T* pos_dot = nullptr;             // RR
+  const T** rows = nullptr;         // RR+G: row pointers for dot_many / axpy_many
+  T* coefs = nullptr;               // RR+G
+  T* row_terms = nullptr;           // heads
+  int64_t* flat = nullptr;          // N*RR: logits offsets of all valid candidates of the query
 
   QueryScratch(int64_t N, int64_t R, int64_t heads) {
     const int64_t G = (R + 1) * (R + 1), RR = R * R;
@@ -47,18 +53,25 @@ struct QueryScratch {
     frac = alloc<T>(N * 2);
     logits = alloc<T>(N * RR * heads);
     gdot = alloc<T>(G * heads);
-    coef_a = alloc<T>(G * heads);
-    coef_b = alloc<T>(G * heads);
+    coef_a = alloc<T>(G);
+    coef_b = alloc<T>(G);
     idx = alloc<int64_t>(G);
+    cand = alloc<int64_t>(RR);
+    pos_dot = alloc<T>(RR);
+    rows = alloc<const T*>(RR + G);
+    coefs = alloc<T>(RR + G);
     row_terms = alloc<T>(heads);
+    flat = alloc<int64_t>(N * RR);
   }
   ~QueryScratch() {
     std::free(grid); std::free(valid); std::free(active); std::free(frac); std::free(logits);
-    std::free(gdot); std::free(coef_a); std::free(coef_b); std::free(idx); std::free(row_terms);
+    std::free(gdot); std::free(coef_a); std::free(coef_b); std::free(idx); std::free(cand);
+    std::free(pos_dot); std::free(rows); std::free(coefs); std::free(row_terms);
+    std::free(flat);
   }
   template <typename U>
   static U* alloc(int64_t n) {
-    void* p = std::malloc(sizeof(U) * size_t((n > 1 ? n : 1)));
+    void* p = std::malloc(sizeof(U) * size_t(n > 1 ? n : 1));
     if (!p) throw std::bad_alloc();
     return static_cast<U*>(p);
   }
@@ -124,25 +137,28 @@ bool build_geometry(const WindowAttentionArgs<T>& a, int64_t b, int64_t i, int64
   return any;
 }
 
-// gdot[g, h] = <lhs_h, src[grid g]_h> for the used grid pixels of one slot, 0 elsewhere.
+// Lists the valid candidates (s.cand) and used grid pixels (s.idx) of slot n; returns the
+// number of valid candidates.
+template <typename T>
+int64_t list_slot(QueryScratch<T>& s, int64_t n, int64_t RR, int64_t G) {
+  int64_t nv = 0;
+  for (int64_t r = 0; r < RR; ++r)
+    if (s.valid[n * RR + r]) s.cand[nv++] = r;
+  s.used = 0;
+  for (int64_t g = 0; g < G; ++g)
+    if (s.grid[n * G + g] >= 0) s.idx[s.used++] = g;
+  return nv;
+}
+
+// gdot[g, h] = <lhs_h, src[grid g]_h> for the used grid pixels of the slot, 0 elsewhere.
 template <typename T>
 void grid_dots(const T* lhs, const T* src, const int64_t* grid, int64_t G, int64_t heads,
                int64_t d, QueryScratch<T>& s) {
-  int64_t used = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    if (grid[g] >= 0) s.idx[used++] = g;
-    for (int64_t h = 0; h < heads; ++h) s.gdot[g * heads + h] = T(0);
-  }
+  for (int64_t e = 0; e < G * heads; ++e) s.gdot[e] = T(0);
   for (int64_t h = 0; h < heads; ++h) {
-    const T* l = lhs + h * d;
-    int64_t t = 0;
-    for (; t + 4 <= used; t += 4) {
-      T r4[4];
-      dot4(l, src + grid[s.idx[t]] + h * d, src + grid[s.idx[t + 1]] + h * d,
-           src + grid[s.idx[t + 2]] + h * d, src + grid[s.idx[t + 3]] + h * d, d, r4);
-      for (int u = 0; u < 4; ++u) s.gdot[s.idx[t + u] * heads + h] = r4[u];
-    }
-    for (; t < used; ++t) s.gdot[s.idx[t] * heads + h] = dot(l, src + grid[s.idx[t]] + h * d, d);
+    for (int64_t t = 0; t < s.used; ++t) s.rows[t] = src + grid[s.idx[t]] + h * d;
+    dot_many(lhs + h * d, s.rows, s.used, d, s.coefs);
+    for (int64_t t = 0; t < s.used; ++t) s.gdot[s.idx[t] * heads + h] = s.coefs[t];
   }
 }
 
@@ -156,6 +172,17 @@ inline void corner_weights(const T* frac, T* w) {
   w[3] = fx * fy;
 }
 
+template <typename T>
+inline T bilinear(const T* gd, int64_t g, int64_t R, int64_t heads, const T* w) {
+  return w[0] * gd[g * heads] + w[1] * gd[(g + 1) * heads] + w[2] * gd[(g + R + 1) * heads] +
+         w[3] * gd[(g + R + 2) * heads];
+}
+
+template <typename T>
+inline int64_t grid_corner(int64_t r, int64_t R) {
+  return (r / R) * (R + 1) + r % R;
+}
+
 // Fills s.logits with scale * <q_h, k_h(s) + pos_k[n, r]_h> for every valid candidate.
 template <typename T>
 void compute_logits(const WindowAttentionArgs<T>& a, const T* q, QueryScratch<T>& s) {
@@ -163,21 +190,29 @@ void compute_logits(const WindowAttentionArgs<T>& a, const T* q, QueryScratch<T>
   const T scale = T(a.scale);
   for (int64_t n = 0; n < a.N; ++n) {
     if (!s.active[n]) continue;
+    const int64_t nv = list_slot(s, n, RR, G);
     grid_dots(q, a.k, s.grid + n * G, G, heads, d, s);
     T w[4];
     corner_weights(s.frac + 2 * n, w);
-    for (int64_t r = 0; r < RR; ++r) {
-      if (!s.valid[n * RR + r]) continue;
-      const int64_t g = (r / R) * (R + 1) + r % R;
-      const T* pk = a.pos_k + (n * RR + r) * a.C;
-      for (int64_t h = 0; h < heads; ++h) {
-        const T* gd = s.gdot + h;
-        const T kq = w[0] * gd[g * heads] + w[1] * gd[(g + 1) * heads] +
-                     w[2] * gd[(g + R + 1) * heads] + w[3] * gd[(g + R + 2) * heads];
-        s.logits[(n * RR + r) * heads + h] = scale * (kq + dot(q + h * d, pk + h * d, d));
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t t = 0; t < nv; ++t) s.rows[t] = a.pos_k + (n * RR + s.cand[t]) * a.C + h * d;
+      dot_many(q + h * d, s.rows, nv, d, s.pos_dot);
+      for (int64_t t = 0; t < nv; ++t) {
+        const int64_t r = s.cand[t];
+        const T kq = bilinear(s.gdot + h, grid_corner<T>(r, R), R, heads, w);
+        s.logits[(n * RR + r) * heads + h] = scale * (kq + s.pos_dot[t]);
       }
     }
   }
+}
+
+// Adds c·w to the four grid corners of a candidate.
+template <typename T>
+inline void spread(T* coef, int64_t g, int64_t R, T c, const T* w) {
+  coef[g] += c * w[0];
+  coef[g + 1] += c * w[1];
+  coef[g + R + 1] += c * w[2];
+  coef[g + R + 2] += c * w[3];
 }
 
 template <typename T>
@@ -196,49 +231,49 @@ void forward_query(const WindowAttentionForward<T>& a, int64_t b, int64_t i, int
   compute_logits<T>(a, q, s);
 
   // Softmax over the valid candidates of each head.
+  int64_t nvalid = 0;
+  for (int64_t n = 0; n < a.N; ++n)
+    if (s.active[n])
+      for (int64_t r = 0; r < RR; ++r)
+        if (s.valid[n * RR + r]) s.flat[nvalid++] = (n * RR + r) * heads;
   for (int64_t h = 0; h < heads; ++h) {
-    T m = -std::numeric_limits<T>::infinity();
-    for (int64_t c = 0; c < a.N * RR; ++c)
-      if (s.active[c / RR] && s.valid[c]) m = s.logits[c * heads + h] > m ? s.logits[c * heads + h] : m;
+    T* l = s.logits + h;
+    T m = l[s.flat[0]];
+    for (int64_t t = 1; t < nvalid; ++t) m = l[s.flat[t]] > m ? l[s.flat[t]] : m;
     T sum = 0;
-    for (int64_t c = 0; c < a.N * RR; ++c)
-      if (s.active[c / RR] && s.valid[c]) {
-        const T e = std::exp(s.logits[c * heads + h] - m);
-        s.logits[c * heads + h] = e;
-        sum += e;
-      }
+    for (int64_t t = 0; t < nvalid; ++t) {
+      const T e = std::exp(l[s.flat[t]] - m);
+      l[s.flat[t]] = e;
+      sum += e;
+    }
     const T inv = T(1) / sum;
-    for (int64_t c = 0; c < a.N * RR; ++c)
-      if (s.active[c / RR] && s.valid[c]) s.logits[c * heads + h] *= inv;
+    for (int64_t t = 0; t < nvalid; ++t) l[s.flat[t]] *= inv;
     lse[h] = m + std::log(sum);
   }
 
-  // out_h = sum_c alpha_c (v_h(s_c) + pos_v[c]_h), with v gathered once per grid pixel.
+  // out_h = sum_c alpha_c (v_h(s_c) + pos_v[c]_h): one weighted sum per slot and head over the
+  // candidates' pos_v rows and the grid pixels' v rows.
   for (int64_t n = 0; n < a.N; ++n) {
     if (!s.active[n]) continue;
+    const int64_t nv = list_slot(s, n, RR, G);
     const int64_t* grid = s.grid + n * G;
-    zero(s.coef_a, G * heads);
     T w[4];
     corner_weights(s.frac + 2 * n, w);
-    for (int64_t r = 0; r < RR; ++r) {
-      if (!s.valid[n * RR + r]) continue;
-      const int64_t g = (r / R) * (R + 1) + r % R;
-      const T* pv = a.pos_v + (n * RR + r) * a.C;
-      for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t h = 0; h < heads; ++h) {
+      zero(s.coef_a, G);
+      int64_t count = 0;
+      for (int64_t t = 0; t < nv; ++t) {
+        const int64_t r = s.cand[t];
         const T al = s.logits[(n * RR + r) * heads + h];
-        s.coef_a[g * heads + h] += al * w[0];
-        s.coef_a[(g + 1) * heads + h] += al * w[1];
-        s.coef_a[(g + R + 1) * heads + h] += al * w[2];
-        s.coef_a[(g + R + 2) * heads + h] += al * w[3];
-        axpy(o + h * d, al, pv + h * d, d);
+        spread(s.coef_a, grid_corner<T>(r, R), R, al, w);
+        s.rows[count] = a.pos_v + (n * RR + r) * a.C + h * d;
+        s.coefs[count++] = al;
       }
-    }
-    for (int64_t g = 0; g < G; ++g) {
-      if (grid[g] < 0) continue;
-      for (int64_t h = 0; h < heads; ++h) {
-        const T c = s.coef_a[g * heads + h];
-        if (c != T(0)) axpy(o + h * d, c, a.v + grid[g] + h * d, d);
+      for (int64_t t = 0; t < s.used; ++t) {
+        s.rows[count] = a.v + grid[s.idx[t]] + h * d;
+        s.coefs[count++] = s.coef_a[s.idx[t]];
       }
+      axpy_many(o + h * d, s.coefs, s.rows, count, d);
     }
   }
 }
@@ -273,54 +308,45 @@ void backward_query(const WindowAttentionBackward<T>& a, int64_t b, int64_t i, i
   const T scale = T(a.scale);
 
   // D_h = <dout_h, out_h> = sum_c alpha_c <dout_h, v_c + pos_v_c>: the softmax backward's row term.
-  T* Dp = s.row_terms;
-  for (int64_t h = 0; h < heads; ++h) Dp[h] = dot(go + h * d, o + h * d, d);
+  T* D = s.row_terms;
+  for (int64_t h = 0; h < heads; ++h) D[h] = dot(go + h * d, o + h * d, d);
 
   for (int64_t n = 0; n < a.N; ++n) {
     if (!s.active[n]) continue;
+    const int64_t nv = list_slot(s, n, RR, G);
     const int64_t* grid = s.grid + n * G;
     grid_dots(go, a.v, grid, G, heads, d, s);  // <dout_h, v_h(pixel)>
-    zero(s.coef_a, G * heads);  // d logit -> k coefficients
-    zero(s.coef_b, G * heads);  // alpha -> v coefficients
     T w[4];
     corner_weights(s.frac + 2 * n, w);
-    for (int64_t r = 0; r < RR; ++r) {
-      if (!s.valid[n * RR + r]) continue;
-      const int64_t c = n * RR + r;
-      const int64_t g = (r / R) * (R + 1) + r % R;
-      const T* pk = a.pos_k + c * a.C;
-      const T* pv = a.pos_v + c * a.C;
-      for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const T* qh = q + h * d;
+      const T* goh = go + h * d;
+      for (int64_t t = 0; t < nv; ++t) s.rows[t] = a.pos_v + (n * RR + s.cand[t]) * a.C + h * d;
+      dot_many(goh, s.rows, nv, d, s.pos_dot);  // <dout_h, pos_v_c>
+      zero(s.coef_a, G);  // d loss / d <q, k(pixel)>
+      zero(s.coef_b, G);  // d loss / d v(pixel), per unit dout
+      int64_t count = 0;
+      for (int64_t t = 0; t < nv; ++t) {
+        const int64_t r = s.cand[t], c = n * RR + r, g = grid_corner<T>(r, R);
         const T al = std::exp(s.logits[c * heads + h] - lse[h]);
-        const T* gd = s.gdot + h;
-        const T dalpha = w[0] * gd[g * heads] + w[1] * gd[(g + 1) * heads] +
-                         w[2] * gd[(g + R + 1) * heads] + w[3] * gd[(g + R + 2) * heads] +
-                         dot(go + h * d, pv + h * d, d);
-        const T gs = scale * al * (dalpha - Dp[h]);  // d loss / d <q, k + pos_k>
-        s.coef_a[g * heads + h] += gs * w[0];
-        s.coef_a[(g + 1) * heads + h] += gs * w[1];
-        s.coef_a[(g + R + 1) * heads + h] += gs * w[2];
-        s.coef_a[(g + R + 2) * heads + h] += gs * w[3];
-        s.coef_b[g * heads + h] += al * w[0];
-        s.coef_b[(g + 1) * heads + h] += al * w[1];
-        s.coef_b[(g + R + 1) * heads + h] += al * w[2];
-        s.coef_b[(g + R + 2) * heads + h] += al * w[3];
-        axpy(dq + h * d, gs, pk + h * d, d);
-        axpy(dpos_k + c * a.C + h * d, gs, q + h * d, d);
-        axpy(dpos_v + c * a.C + h * d, al, go + h * d, d);
+        const T dalpha = bilinear(s.gdot + h, g, R, heads, w) + s.pos_dot[t];
+        const T gs = scale * al * (dalpha - D[h]);  // d loss / d <q, k + pos_k>
+        spread(s.coef_a, g, R, gs, w);
+        spread(s.coef_b, g, R, al, w);
+        s.rows[count] = a.pos_k + c * a.C + h * d;
+        s.coefs[count++] = gs;
+        axpy(dpos_k + c * a.C + h * d, gs, qh, d);
+        axpy(dpos_v + c * a.C + h * d, al, goh, d);
       }
-    }
-    for (int64_t g = 0; g < G; ++g) {
-      if (grid[g] < 0) continue;
-      const int64_t off = grid[g];
-      for (int64_t h = 0; h < heads; ++h) {
-        const T ck = s.coef_a[g * heads + h], cv = s.coef_b[g * heads + h];
-        if (ck != T(0)) {
-          axpy(dq + h * d, ck, a.k + off + h * d, d);
-          axpy(dk + off + h * d, ck, q + h * d, d);
-        }
-        if (cv != T(0)) axpy(dv + off + h * d, cv, go + h * d, d);
+      for (int64_t t = 0; t < s.used; ++t) {
+        const int64_t off = grid[s.idx[t]] + h * d;
+        const T ck = s.coef_a[s.idx[t]], cv = s.coef_b[s.idx[t]];
+        s.rows[count] = a.k + off;
+        s.coefs[count++] = ck;
+        axpy(dk + off, ck, qh, d);
+        axpy(dv + off, cv, goh, d);
       }
+      axpy_many(dq + h * d, s.coefs, s.rows, count, d);  // dq = sum gs (k + pos_k)
     }
   }
 }
