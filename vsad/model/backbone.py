@@ -1,0 +1,52 @@
+"""UNet and VAE construction: a tiny config trained from scratch (the default) or a local
+Stable Diffusion 2 folder in diffusers layout. Nothing is ever downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+#: The embedded default: a 3-level UNet small enough to train on a CPU in minutes.
+TINY_UNET = {
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": (32, 64, 64),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+
+SD_PARTS = {"unet": "config.json", "vae": "config.json"}
+
+
+def build_tiny_unet(**overrides) -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**{**TINY_UNET, **overrides})
+
+
+def load_stable_diffusion(folder: str | Path) -> tuple[nn.Module, nn.Module]:
+    """(unet, vae) from a local Stable Diffusion 2 folder in diffusers layout
+    (`<folder>/unet/config.json` + weights, `<folder>/vae/config.json` + weights)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"stable diffusion folder: {root} does not exist or is not a folder"
+        )
+    for part, marker in SD_PARTS.items():
+        if not (root / part / marker).is_file():
+            raise FileNotFoundError(
+                f"stable diffusion folder: {root / part / marker} is missing; expected the "
+                f"diffusers layout with subfolders {sorted(SD_PARTS)} (e.g. a local copy of "
+                f"stabilityai/stable-diffusion-2-base saved with save_pretrained)"
+            )
+    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True)
+    return unet, vae
