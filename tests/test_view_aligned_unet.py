@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from window_attention_cases import random_homographies, ring_neighbors
 
 from vsad.model import FRM
 from vsad.model.backbone import build_tiny_unet, load_stable_diffusion
 from vsad.model.view_aligned_unet import ViewAlignedUNet, feature_grid_homography
-from window_attention_cases import random_homographies, ring_neighbors
 
 pytest.importorskip("diffusers", reason="diffusers is a runtime dependency of the model")
 
