@@ -373,7 +373,9 @@ void backward_impl(const WindowAttentionBackward<T>& a) {
 #pragma omp barrier
     {
       QueryScratch<T> s(a.N, a.R, a.heads);
-#pragma omp for schedule(dynamic, 1)
+      // Static schedule: each thread always gets the same rows, so the per-thread partial sums
+      // and hence dk, dv, dpos_* are bitwise reproducible for a given thread count.
+#pragma omp for schedule(static)
       for (int64_t row = 0; row < rows; ++row) {
         const int64_t y = row % a.H, i = (row / a.H) % a.M, b = row / (a.H * a.M);
         for (int64_t x = 0; x < a.W; ++x) backward_query<T>(a, b, i, y, x, dk, dv, dpk, dpv, s);
