@@ -85,3 +85,31 @@ def test_bad_config():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="refine_mode: got 'x'"):
         TrainConfig(refine_mode="x")
+
+
+def test_feature_extraction_by_ddim_inversion(rng):
+    from vsad.model.inference import extract_features
+
+    trainer = make_trainer(rng)
+    latents = torch.randn(2, M, 4, 16, 16, generator=rng)
+    kwargs = {"homography": trainer.homography, "neighbors": trainer.neighbors}
+    feats, t = extract_features(
+        trainer.model, latents, trainer.null_text, inversion_steps=4, **kwargs
+    )
+    assert t == 200
+    assert [tuple(f.shape) for f in feats] == [
+        (2, M, 64, 8, 8),
+        (2, M, 64, 16, 16),
+        (2, M, 32, 16, 16),
+    ]
+    again, _ = extract_features(
+        trainer.model, latents, trainer.null_text, inversion_steps=4, **kwargs
+    )
+    for a, b in zip(feats, again, strict=True):
+        assert torch.equal(a, b), "inversion must be deterministic"
+    clean, t0 = extract_features(
+        trainer.model, latents, trainer.null_text, inversion_steps=0, **kwargs
+    )
+    assert t0 == 0 and not torch.allclose(clean[-1], feats[-1])
+    with pytest.raises(ValueError, match="t_end: got 1000"):
+        extract_features(trainer.model, latents, trainer.null_text, t_end=1000, **kwargs)
