@@ -7,6 +7,10 @@
 #pragma once
 #include <cstdint>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #ifndef VSAD_ISA
 #error "VSAD_ISA must name the instruction set this translation unit is compiled for"
 #endif
@@ -52,6 +56,34 @@ inline void dot_many(const T* __restrict x, const T* const* rows, int64_t count,
   for (; r < count; ++r) out[r] = dot(x, rows[r], n);
 }
 
+#if defined(__AVX512F__)
+// float: eight rows per pass over x (x loaded once per slice), masked tail instead of a scalar
+// remainder loop, and in-register horizontal sums.
+template <>
+inline void dot_many<float>(const float* __restrict x, const float* const* rows, int64_t count,
+                            int64_t n, float* __restrict out) {
+  const int64_t tail = n % 16;
+  const __mmask16 m = __mmask16((1u << tail) - 1);
+  for (int64_t r0 = 0; r0 < count; r0 += 8) {
+    const int64_t k = count - r0 < 8 ? count - r0 : 8;
+    __m512 acc[8];
+    for (int64_t j = 0; j < 8; ++j) acc[j] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      const __m512 xv = _mm512_loadu_ps(x + i);
+      for (int64_t j = 0; j < k; ++j)
+        acc[j] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(rows[r0 + j] + i), acc[j]);
+    }
+    if (tail) {
+      const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+      for (int64_t j = 0; j < k; ++j)
+        acc[j] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, rows[r0 + j] + i), acc[j]);
+    }
+    for (int64_t j = 0; j < k; ++j) out[r0 + j] = _mm512_reduce_add_ps(acc[j]);
+  }
+}
+#endif
+
 // y += c[0] x0 + c[1] x1 + c[2] x2 + c[3] x3: one load and store of y for four rows.
 template <typename T>
 inline void axpy4(T* __restrict y, const T* c, const T* __restrict x0, const T* __restrict x1,
@@ -74,6 +106,29 @@ inline void axpy_many(T* __restrict y, const T* coef, const T* const* rows, int6
     for (int64_t i = 0; i < n; ++i) y[i] += c * x[i];
   }
 }
+
+#if defined(__AVX512F__)
+// float: keep 16-lane slices of y in a register across all rows, so y is loaded and stored once
+// instead of once per four rows (the value accumulation is bound by these loads and stores).
+template <>
+inline void axpy_many<float>(float* __restrict y, const float* coef, const float* const* rows,
+                             int64_t count, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 acc = _mm512_loadu_ps(y + i);
+    for (int64_t r = 0; r < count; ++r)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(coef[r]), _mm512_loadu_ps(rows[r] + i), acc);
+    _mm512_storeu_ps(y + i, acc);
+  }
+  if (i < n) {
+    const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    __m512 acc = _mm512_maskz_loadu_ps(m, y + i);
+    for (int64_t r = 0; r < count; ++r)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(coef[r]), _mm512_maskz_loadu_ps(m, rows[r] + i), acc);
+    _mm512_mask_storeu_ps(y + i, m, acc);
+  }
+}
+#endif
 
 // y += alpha * x
 template <typename T>
