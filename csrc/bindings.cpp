@@ -9,6 +9,7 @@ namespace py = pybind11;
 
 namespace vsad {
 void register_window_attention(py::module_& m);
+void register_min_l2(py::module_& m);
 }  // namespace vsad
 
 PYBIND11_MODULE(_C, m) {
@@ -22,4 +23,5 @@ PYBIND11_MODULE(_C, m) {
         "Select the kernels' instruction set (generic, avx2, avx512); must be supported.");
   m.def("release_scratch", &vsad::release_scratch, "Free the pooled scratch memory.");
   vsad::register_window_attention(m);
+  vsad::register_min_l2(m);
 }

@@ -14,11 +14,17 @@ logger = logging.getLogger("vsad.ops")
 BACKENDS = ("reference", "cpp", "triton")
 
 
-def choose_backend(op: str, device: torch.device, requested: str | None = None) -> str:
+def choose_backend(
+    op: str,
+    device: torch.device,
+    requested: str | None = None,
+    supported: tuple[str, ...] = BACKENDS,
+) -> str:
     """The backend that runs `op` on tensors of `device`.
 
     Priority: the `requested` argument, then the VSAD_BACKEND environment variable, then the
-    device's default (cpu -> cpp, cuda -> triton; reference when those are unavailable).
+    device's default (cpu -> cpp, cuda -> triton; reference when those are unavailable or the
+    op has no such backend, as listed in `supported`).
     """
     source = "argument"
     if requested is None:
@@ -27,6 +33,11 @@ def choose_backend(op: str, device: torch.device, requested: str | None = None) 
     if requested is not None:
         if requested not in BACKENDS:
             raise ValueError(f"backend ({source}): got {requested!r}, expected one of {BACKENDS}")
+        if requested not in supported:
+            raise ValueError(
+                f"backend ({source}): {op} has no {requested!r} backend, expected one of "
+                f"{supported}"
+            )
         if requested == "cpp" and device.type != "cpu":
             raise ValueError(
                 f"backend ({source}): 'cpp' runs on CPU tensors, got tensors on {device}"
@@ -39,8 +50,8 @@ def choose_backend(op: str, device: torch.device, requested: str | None = None) 
             )
         backend = requested
     elif device.type == "cpu":
-        backend = "cpp" if cpp_available() else "reference"
-    elif device.type == "cuda" and triton_available():
+        backend = "cpp" if cpp_available() and "cpp" in supported else "reference"
+    elif device.type == "cuda" and triton_available() and "triton" in supported:
         backend = "triton"
     else:
         backend = "reference"
