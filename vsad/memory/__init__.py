@@ -1,0 +1,5 @@
+"""Memory banks of normal prototypes (paper §3.6)."""
+
+from vsad.memory.bank import MemoryBank
+
+__all__ = ["MemoryBank"]

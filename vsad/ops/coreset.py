@@ -1,0 +1,46 @@
+"""PatchCore's greedy k-center coreset (Roth et al. 2022), streaming: memory O(N + tile·D),
+never N×N."""
+
+from __future__ import annotations
+
+import torch
+
+
+def kcenter_greedy(
+    features: torch.Tensor,
+    n: int,
+    *,
+    seed: int = 0,
+    projection_dim: int | None = None,
+    tile: int = 65536,
+) -> torch.Tensor:
+    """Indices (n,) of a greedy k-center selection: start from a seeded random row, then
+    repeatedly take the row farthest from everything selected so far (ties: lowest index).
+
+    projection_dim: if set, distances are measured after a seeded Gaussian random projection to
+    that many dimensions (Johnson–Lindenstrauss), as PatchCore does to speed up selection.
+    """
+    if features.dim() != 2 or features.shape[0] < 1:
+        raise ValueError(f"features: got shape {tuple(features.shape)}, expected (N>=1, D)")
+    N = features.shape[0]
+    if not 1 <= n <= N:
+        raise ValueError(f"n: got {n}, expected 1 <= n <= N={N}")
+    gen = torch.Generator().manual_seed(seed)
+    x = features.float()
+    if projection_dim is not None:
+        if projection_dim < 1:
+            raise ValueError(f"projection_dim: got {projection_dim}, expected >= 1")
+        proj = torch.randn(x.shape[1], projection_dim, generator=gen) / projection_dim**0.5
+        x = torch.cat([x[i : i + tile] @ proj.to(x.device) for i in range(0, N, tile)])
+    sq = (x * x).sum(1)
+    selected = torch.empty(n, dtype=torch.int64)
+    selected[0] = int(torch.randint(0, N, (1,), generator=gen))
+    min_sq = torch.full((N,), float("inf"), device=x.device)
+    for s in range(1, n + 1):
+        c = x[selected[s - 1]]
+        for i in range(0, N, tile):  # distance of every row to the newest centre, tile by tile
+            d = (sq[i : i + tile] - 2 * (x[i : i + tile] @ c) + c.dot(c)).clamp(min=0)
+            torch.minimum(min_sq[i : i + tile], d, out=min_sq[i : i + tile])
+        if s < n:
+            selected[s] = int(torch.argmax(min_sq))  # first maximum on ties
+    return selected
