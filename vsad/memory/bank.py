@@ -115,7 +115,8 @@ class MemoryBank:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT_VERSION or "features" not in f.keys():
                 raise ValueError(
-                    f"memory bank file: {path} is not a vsad memory bank (format {meta.get('format')!r})"
+                    f"memory bank file: {path} is not a vsad memory bank "
+                    f"(format {meta.get('format')!r})"
                 )
             features = f.get_tensor("features")
         bank = cls(features.shape[1], dtype=features.dtype)
