@@ -32,8 +32,13 @@ def _check_matrix(name: str, t: torch.Tensor) -> None:
         )
     if not t.is_floating_point():
         raise TypeError(f"{name}: got dtype {t.dtype}, expected a floating dtype")
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
+    if not torch.compiler.is_compiling() and not _all_finite(t):
         raise ValueError(f"{name}: contains NaN or Inf, expected finite values")
+
+
+def _all_finite(t: torch.Tensor, rows: int = 4096) -> bool:
+    """torch.isfinite(t).all() in row chunks: the check must not cost a bank-sized temporary."""
+    return all(bool(torch.isfinite(t[i : i + rows]).all()) for i in range(0, t.shape[0], rows))
 
 
 def bank_sq_norms(bank: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
