@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import peak_extra_rss_mib
+
 from vsad.ops import bank_sq_norms, min_l2
 
 SHAPES = {
