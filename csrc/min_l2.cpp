@@ -62,6 +62,32 @@ void register_min_l2(py::module_& m) {
       py::arg("Q"), py::arg("N"), py::arg("D"), py::arg("dist"), py::arg("index"),
       py::arg("num_threads"),
       "Exact nearest bank row (L2) for every query; float32 queries, float32/16/bf16 bank.");
+
+  m.def(
+      "min_l2_local",
+      [](uintptr_t queries, uintptr_t bank, const std::string& dtype, uintptr_t bank_sq_norms,
+         int64_t B, int64_t S, int64_t H, int64_t W, int64_t D, int64_t radius, uintptr_t dist,
+         uintptr_t index, int num_threads) {
+        for (auto [name, p] : {std::pair{"queries", queries}, {"bank", bank},
+                               {"bank_sq_norms", bank_sq_norms}, {"dist", dist}, {"index", index}})
+          check_pointer(name, p);
+        check_positive("B (query maps)", B);
+        check_positive("S (bank samples)", S);
+        check_positive("H", H);
+        check_positive("W", W);
+        check_positive("D (feature dimension)", D);
+        if (radius < 0) fail("radius: got ", radius, ", expected >= 0");
+        if (num_threads < 1) fail("num_threads: got ", num_threads, ", expected >= 1");
+        MinL2LocalArgs a{cptr<float>(queries), reinterpret_cast<const void*>(bank),
+                         parse_bank_type(dtype), cptr<float>(bank_sq_norms), B, S, H, W, D,
+                         radius, mptr<float>(dist), mptr<int64_t>(index), num_threads};
+        py::gil_scoped_release release;
+        VSAD_DISPATCH(min_l2_local_search, a);
+      },
+      py::arg("queries"), py::arg("bank"), py::arg("dtype"), py::arg("bank_sq_norms"),
+      py::arg("B"), py::arg("S"), py::arg("H"), py::arg("W"), py::arg("D"), py::arg("radius"),
+      py::arg("dist"), py::arg("index"), py::arg("num_threads"),
+      "Position-local nearest bank row: same position within +-radius, every bank sample.");
 }
 
 }  // namespace vsad

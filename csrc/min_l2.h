@@ -22,9 +22,24 @@ struct MinL2Args {
   int num_threads;
 };
 
+// Position-local search: queries (B, H, W, D) float32, bank (S, H, W, D) of `bank_type`; the
+// query at (b, y, x) is compared with bank[s, y', x'] for every s and |y'-y|, |x'-x| <= radius.
+// index is the flat bank row s*H*W + y'*W + x' (lowest on ties).
+struct MinL2LocalArgs {
+  const float* queries;
+  const void* bank;
+  BankType bank_type;
+  const float* bank_sq_norms;  // (S*H*W,)
+  int64_t B, S, H, W, D, radius;
+  float* dist;     // (B*H*W,)
+  int64_t* index;  // (B*H*W,)
+  int num_threads;
+};
+
 #define VSAD_DECLARE_MIN_L2(isa)                                                      \
   namespace isa {                                                                     \
   void min_l2_search(const MinL2Args& a);                                            \
+  void min_l2_local_search(const MinL2LocalArgs& a);                                 \
   void min_l2_bank_sq_norms(const void* bank, BankType type, int64_t N, int64_t D,   \
                             float* out, int num_threads);                             \
   }

@@ -142,7 +142,7 @@ def test_non_contiguous_inputs(rng):
         (lambda q, b: (q.index_fill(0, torch.tensor([1]), float("nan")), b), ValueError,
          "queries: contains NaN or Inf"),
         (lambda q, b: (q, b.index_fill(0, torch.tensor([2]), float("inf"))), ValueError,
-         "bank: contains NaN or Inf"),
+         "bank: row 2 contains NaN or Inf"),
         (lambda q, b: (q, b.double()), TypeError, "bank: got dtype torch.float64, expected one of"),
     ],
 )  # fmt: skip

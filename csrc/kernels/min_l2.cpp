@@ -79,13 +79,13 @@ inline float bank_value(const void* bank, BankType type, int64_t idx) {
   }
 }
 
-// Packs bank rows [n0, n0 + rows) into panels: packed[p][k][j] = bank[n0 + 32p + j][k];
-// rows past the end are zero (their norm is +inf, so they never win).
+// Packs `rows` bank rows n0, n0 + stride, n0 + 2·stride, ... into one panel:
+// out[k][j] = bank[n0 + j·stride][k]; panel rows past `rows` are zero (never read as results).
 void pack_panel(const void* bank, BankType type, int64_t n0, int64_t rows, int64_t D,
-                float* __restrict out) {
+                float* __restrict out, int64_t stride = 1) {
   for (int64_t j = 0; j < kPanel; ++j) {
     if (j < rows) {
-      const int64_t base = (n0 + j) * D;
+      const int64_t base = (n0 + j * stride) * D;
       if (type == BankType::f32) {
         const float* src = static_cast<const float*>(bank) + base;
         for (int64_t k = 0; k < D; ++k) out[k * kPanel + j] = src[k];
@@ -138,6 +138,49 @@ void micro_kernel(const float* const* q, int64_t mr, const float* __restrict pan
       const float* b = panel + k * kPanel;
 #pragma omp simd
       for (int64_t j = 0; j < kPanel; ++j) acc[i][j] = madd(qk, b[j], acc[i][j]);
+    }
+#endif
+}
+
+// out[i][j] = <q[i], b[j]> for up to 4 x 4 row-major float rows (no packing: used by the local
+// search, whose bank rows are strided and each reused by only a few query blocks).
+void dots_4x4(const float* const* q, int64_t mq, const float* const* b, int64_t mb, int64_t D,
+              float (*out)[4]) {
+#if defined(__AVX512F__)
+  __m512 acc[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+  const float* qq[4];
+  const float* bb[4];
+  for (int64_t i = 0; i < 4; ++i) qq[i] = q[i < mq ? i : 0];
+  for (int64_t j = 0; j < 4; ++j) bb[j] = b[j < mb ? j : 0];
+  int64_t k = 0;
+  for (; k + 16 <= D; k += 16) {
+    __m512 bv[4];
+    for (int j = 0; j < 4; ++j) bv[j] = _mm512_loadu_ps(bb[j] + k);
+    for (int i = 0; i < 4; ++i) {
+      const __m512 qv = _mm512_loadu_ps(qq[i] + k);
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(qv, bv[j], acc[i][j]);
+    }
+  }
+  if (k < D) {
+    const __mmask16 m = __mmask16((1u << (D - k)) - 1);
+    __m512 bv[4];
+    for (int j = 0; j < 4; ++j) bv[j] = _mm512_maskz_loadu_ps(m, bb[j] + k);
+    for (int i = 0; i < 4; ++i) {
+      const __m512 qv = _mm512_maskz_loadu_ps(m, qq[i] + k);
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(qv, bv[j], acc[i][j]);
+    }
+  }
+  for (int64_t i = 0; i < mq; ++i)
+    for (int64_t j = 0; j < mb; ++j) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+#else
+  for (int64_t i = 0; i < mq; ++i)
+    for (int64_t j = 0; j < mb; ++j) {
+      float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t k = 0; k < D; ++k) s += q[i][k] * b[j][k];
+      out[i][j] = s;
     }
 #endif
 }
@@ -232,6 +275,112 @@ void min_l2_search(const MinL2Args& a) {
   }
   std::free(packed);
   std::free(best);
+}
+
+void min_l2_local_search(const MinL2LocalArgs& a) {
+  const int64_t D = a.D, HW = a.H * a.W, Qn = a.B * HW, rho = a.radius;
+  const int64_t win = (2 * rho + 1) * (2 * rho + 1) * a.B;
+  const int nt = a.num_threads;
+  float* best_all = static_cast<float*>(std::malloc(size_t(nt) * Qn * 4));
+  int64_t* idx_all = static_cast<int64_t*>(std::malloc(size_t(nt) * Qn * 8));
+  if (!best_all || !idx_all) {
+    std::free(best_all);
+    std::free(idx_all);
+    throw std::bad_alloc();
+  }
+  for (int64_t e = 0; e < int64_t(nt) * Qn; ++e) {
+    best_all[e] = std::numeric_limits<float>::infinity();
+    idx_all[e] = -1;
+  }
+  int used_threads = 1;
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num();
+#pragma omp single
+    used_threads = omp_get_num_threads();
+    float* best = best_all + int64_t(tid) * Qn;
+    int64_t* idx = idx_all + int64_t(tid) * Qn;
+    const float** qrows = static_cast<const float**>(std::malloc(size_t(win) * sizeof(float*)));
+    int64_t* qidx = static_cast<int64_t*>(std::malloc(size_t(win) * 8));
+    const float** brows = static_cast<const float**>(std::malloc(size_t(a.S) * sizeof(float*)));
+    float* norms = static_cast<float*>(std::malloc(size_t(a.S) * 4));  // ||b||^2 of position p'
+    // fp16/bf16 banks: the S rows of a position are converted once into this buffer.
+    float* converted = a.bank_type == BankType::f32
+                           ? nullptr
+                           : static_cast<float*>(std::malloc(size_t(a.S * D) * 4));
+    float out[4][4];
+    // Bank position p' is compared with every query pixel whose window contains it: its S rows
+    // are read once from memory and reused from cache by all those queries.
+#pragma omp for schedule(static)
+    for (int64_t pp = 0; pp < HW; ++pp) {
+      const int64_t yb = pp / a.W, xb = pp % a.W;
+      for (int64_t si = 0; si < a.S; ++si) {
+        const int64_t row = si * HW + pp;
+        norms[si] = a.bank_sq_norms[row];
+        if (converted) {
+          for (int64_t k = 0; k < D; ++k)
+            converted[si * D + k] = bank_value(a.bank, a.bank_type, row * D + k);
+          brows[si] = converted + si * D;
+        } else {
+          brows[si] = static_cast<const float*>(a.bank) + row * D;
+        }
+      }
+      int64_t nq = 0;
+      for (int64_t y = yb - rho; y <= yb + rho; ++y) {
+        if (y < 0 || y >= a.H) continue;
+        for (int64_t x = xb - rho; x <= xb + rho; ++x) {
+          if (x < 0 || x >= a.W) continue;
+          for (int64_t b = 0; b < a.B; ++b) {
+            qidx[nq] = b * HW + y * a.W + x;
+            qrows[nq] = a.queries + qidx[nq] * D;
+            ++nq;
+          }
+        }
+      }
+      for (int64_t q0 = 0; q0 < nq; q0 += 4) {
+        const int64_t mq = nq - q0 < 4 ? nq - q0 : 4;
+        for (int64_t s0 = 0; s0 < a.S; s0 += 4) {
+          const int64_t mb = a.S - s0 < 4 ? a.S - s0 : 4;
+          dots_4x4(qrows + q0, mq, brows + s0, mb, D, out);
+          for (int64_t i = 0; i < mq; ++i) {
+            const int64_t qi = qidx[q0 + i];
+            for (int64_t j = 0; j < mb; ++j) {
+              const int64_t flat = (s0 + j) * HW + pp;
+              const float sc = madd(-2.0f, out[i][j], norms[s0 + j]);
+              if (sc < best[qi] || (sc == best[qi] && flat < idx[qi])) {
+                best[qi] = sc;
+                idx[qi] = flat;
+              }
+            }
+          }
+        }
+      }
+    }
+    std::free(qrows);
+    std::free(qidx);
+    std::free(brows);
+    std::free(norms);
+    std::free(converted);
+    // implicit barrier of the loop above; merge the per-thread minima (lowest index on ties)
+#pragma omp for schedule(static)
+    for (int64_t qi = 0; qi < Qn; ++qi) {
+      float bv = best_all[qi];
+      int64_t bi = idx_all[qi];
+      for (int t = 1; t < used_threads; ++t) {
+        const float v = best_all[int64_t(t) * Qn + qi];
+        const int64_t i = idx_all[int64_t(t) * Qn + qi];
+        if (v < bv || (v == bv && i >= 0 && (bi < 0 || i < bi))) {
+          bv = v;
+          bi = i;
+        }
+      }
+      const float d2 = query_sq_norm(a.queries + qi * D, D) + bv;
+      a.dist[qi] = std::sqrt(d2 > 0.0f ? d2 : 0.0f);
+      a.index[qi] = bi;
+    }
+  }
+  std::free(best_all);
+  std::free(idx_all);
 }
 
 }  // namespace VSAD_ISA

@@ -12,16 +12,22 @@ import torch
 from vsad._extension import require_cpp
 from vsad.ops._backend import choose_backend
 from vsad.ops._outputs import new_output
-from vsad.ops.min_l2_reference import min_l2_reference
+from vsad.ops.min_l2_reference import min_l2_local_reference, min_l2_reference
 
-__all__ = ["bank_sq_norms", "min_l2", "min_l2_reference"]
+__all__ = [
+    "bank_sq_norms",
+    "min_l2",
+    "min_l2_local",
+    "min_l2_local_reference",
+    "min_l2_reference",
+]
 
 BANK_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 PRECISIONS = ("fp32",)
 _SUPPORTED = ("reference", "cpp")
 
 
-def _check_matrix(name: str, t: torch.Tensor) -> None:
+def _check_matrix(name: str, t: torch.Tensor, *, check_values: bool = True) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: got {type(t).__name__}, expected a torch.Tensor")
     if t.dim() != 2:
@@ -32,8 +38,19 @@ def _check_matrix(name: str, t: torch.Tensor) -> None:
         )
     if not t.is_floating_point():
         raise TypeError(f"{name}: got dtype {t.dtype}, expected a floating dtype")
-    if not torch.compiler.is_compiling() and not _all_finite(t):
+    if check_values and not torch.compiler.is_compiling() and not _all_finite(t):
         raise ValueError(f"{name}: contains NaN or Inf, expected finite values")
+
+
+def _check_bank_norms(norms: torch.Tensor) -> None:
+    """A NaN or Inf anywhere in a bank row makes that row's ‖b‖² non-finite, so the bank is
+    checked through its (reused) norms in O(N) instead of re-reading N·D values per search."""
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(norms).all()):
+        row = int((~torch.isfinite(norms)).nonzero()[0])
+        raise ValueError(
+            f"bank: row {row} contains NaN or Inf (or values whose square overflows float32), "
+            f"expected finite values"
+        )
 
 
 def _all_finite(t: torch.Tensor, rows: int = 4096) -> bool:
@@ -85,7 +102,7 @@ def min_l2(
         dist (Q,) = min_n ‖q − bank[n]‖₂ (float32), index (Q,) int64 (lowest index on ties).
     """
     _check_matrix("queries", queries)
-    _check_matrix("bank", bank)
+    _check_matrix("bank", bank, check_values=False)  # values: through the norms below
     if queries.shape[1] != bank.shape[1]:
         raise ValueError(
             f"queries: dimension D={queries.shape[1]} does not match the bank's D={bank.shape[1]}"
@@ -99,6 +116,7 @@ def min_l2(
         raise ValueError(f"bank_sq_norms: got shape {tuple(bank_sq_norms.shape)}, expected ({N},)")
     chosen = choose_backend("min_l2", queries.device, backend, _SUPPORTED)
     if chosen == "reference":
+        _check_matrix("bank", bank)
         return min_l2_reference(queries, bank, bank_sq_norms=bank_sq_norms)
 
     if bank.dtype not in BANK_DTYPES:
@@ -106,6 +124,7 @@ def min_l2(
     q = queries.to(torch.float32).contiguous()
     b = bank.contiguous()
     norms = _bank_norms_cpp(b) if bank_sq_norms is None else bank_sq_norms.float().contiguous()
+    _check_bank_norms(norms)
     Q = q.shape[0]
     dist = new_output((Q,), torch.float32, q.device)
     index = new_output((Q,), torch.int64, q.device)
@@ -126,3 +145,64 @@ def _bank_norms_cpp(bank: torch.Tensor) -> torch.Tensor:
         torch.get_num_threads(),
     )
     return out
+
+
+def min_l2_local(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    *,
+    radius: int = 2,
+    bank_sq_norms: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position-conditioned search for aligned views (DESIGN.md §3.2).
+
+    Args:
+        queries: (B, H, W, D) feature maps of one view.
+        bank: (S, H, W, D) the same view's feature maps of S normal samples (float32, float16 or
+            bfloat16 storage).
+        radius: ρ — a query at (y, x) sees bank positions within ±ρ rows and columns.
+        bank_sq_norms: optional (S·H·W,) from :func:`bank_sq_norms` on bank.reshape(-1, D).
+
+    Returns:
+        dist (B, H, W) and index (B, H, W) into bank.reshape(-1, D) (lowest on ties).
+    """
+    for name, t in (("queries", queries), ("bank", bank)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name}: got {shape}, expected a 4-D tensor (N, H, W, D)")
+        _check_matrix(name, t.reshape(-1, t.shape[-1]), check_values=name == "queries")
+    if queries.shape[1:] != bank.shape[1:]:
+        raise ValueError(
+            f"bank: got shape {tuple(bank.shape)}, expected (S, H, W, D) matching the queries' "
+            f"{tuple(queries.shape[1:])}"
+        )
+    if not isinstance(radius, int) or radius < 0:
+        raise ValueError(f"radius: got {radius!r}, expected an integer >= 0")
+    B, H, W, D = queries.shape
+    S = bank.shape[0]
+    if bank_sq_norms is not None and tuple(bank_sq_norms.shape) != (S * H * W,):
+        raise ValueError(
+            f"bank_sq_norms: got shape {tuple(bank_sq_norms.shape)}, expected ({S * H * W},)"
+        )
+    chosen = choose_backend("min_l2", queries.device, backend, _SUPPORTED)
+    if chosen == "reference":
+        _check_matrix("bank", bank.reshape(-1, D))
+        return min_l2_local_reference(queries, bank, radius=radius, bank_sq_norms=bank_sq_norms)
+    if bank.dtype not in BANK_DTYPES:
+        raise TypeError(f"bank: got dtype {bank.dtype}, expected one of {list(BANK_DTYPES)}")
+    q = queries.to(torch.float32).contiguous()
+    b = bank.contiguous()
+    norms = (
+        _bank_norms_cpp(b.reshape(-1, D))
+        if bank_sq_norms is None
+        else bank_sq_norms.float().contiguous()
+    )
+    _check_bank_norms(norms)
+    dist = new_output((B, H, W), torch.float32, q.device)
+    index = new_output((B, H, W), torch.int64, q.device)
+    require_cpp().min_l2_local(
+        q.data_ptr(), b.data_ptr(), BANK_DTYPES[b.dtype], norms.data_ptr(), B, S, H, W, D,
+        radius, dist.data_ptr(), index.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return dist, index
