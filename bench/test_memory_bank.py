@@ -89,3 +89,38 @@ def test_min_l2(benchmark, machine, fp32_gemm_gflops, shape, provider):
         fp32_gemm_gflops_per_s=fp32_gemm_gflops,
         peak_extra_mib=peak,
     )
+
+
+# Position-local vs global search on one view's bank: 100 samples × 32×32 positions, D=640.
+LOCAL = {"S": 100, "H": 32, "W": 32, "D": 640, "radius": 2}
+
+
+def make_local_inputs():
+    g = torch.Generator().manual_seed(1)
+    S, H, W, D = LOCAL["S"], LOCAL["H"], LOCAL["W"], LOCAL["D"]
+    return torch.randn(1, H, W, D, generator=g), torch.randn(S, H, W, D, generator=g)
+
+
+@pytest.mark.parametrize("provider", ["global-cpp", "local-cpp", "local-reference"])
+def test_local_vs_global(benchmark, machine, provider):
+    from vsad.ops import min_l2_local
+
+    queries, bank = make_local_inputs()
+    D = LOCAL["D"]
+    norms = bank_sq_norms(bank.reshape(-1, D))
+    if provider == "global-cpp":
+        run = lambda: min_l2(queries.reshape(-1, D), bank.reshape(-1, D), bank_sq_norms=norms)  # noqa: E731
+    else:
+        backend = provider.split("-")[1]
+        run = lambda: min_l2_local(  # noqa: E731
+            queries, bank, radius=LOCAL["radius"], bank_sq_norms=norms, backend=backend
+        )
+    dist, _ = run()
+    want, _ = min_l2_local(queries, bank, radius=LOCAL["radius"], bank_sq_norms=norms)
+    if provider == "global-cpp":  # the global minimum can only be lower or equal
+        assert (dist.reshape(want.shape) <= want + 1e-3).all()
+    else:
+        torch.testing.assert_close(dist.reshape(want.shape) ** 2, want**2, atol=1e-2, rtol=1e-4)
+    benchmark.group = "min_l2 local (radius 2) vs global, 100 samples × 32×32, D=640"
+    benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
+    benchmark.extra_info.update(machine, provider=provider, baseline="global-cpp")
