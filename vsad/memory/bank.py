@@ -66,6 +66,8 @@ class MemoryBank:
 
     def coreset(self, n: int, *, seed: int = 0, projection_dim: int | None = 128) -> torch.Tensor:
         """Keeps only a greedy k-center coreset of n prototypes; returns the kept indices."""
+        if projection_dim is not None and projection_dim >= self.features.shape[1]:
+            projection_dim = None  # projecting up would only cost time
         keep = kcenter_greedy(
             self.features, min(n, len(self)), seed=seed, projection_dim=projection_dim
         )

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import torch
 
+from vsad.model.training import NOISE_SCHEDULE
 from vsad.model.view_aligned_unet import ViewAlignedUNet
 
 
 def ddim_inverse_scheduler(num_train_timesteps: int = 1000):
-    """diffusers' DDIMInverseScheduler with the training schedule (scaled-linear betas)."""
+    """diffusers' DDIMInverseScheduler with the training noise schedule."""
     from diffusers import DDIMInverseScheduler
 
     return DDIMInverseScheduler(
         num_train_timesteps=num_train_timesteps,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
         clip_sample=False,
         timestep_spacing="leading",
+        **NOISE_SCHEDULE,
     )
 
 

@@ -38,17 +38,19 @@ class TrainConfig:
             )
 
 
+#: Stable Diffusion's noise schedule, shared by training and DDIM inversion.
+NOISE_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
 def ddim_scheduler(num_train_timesteps: int = 1000):
-    """Stable Diffusion's noise schedule (scaled-linear betas) in a DDIM scheduler."""
+    """The training noise schedule in a diffusers DDIMScheduler."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
         num_train_timesteps=num_train_timesteps,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        **NOISE_SCHEDULE,
     )
 
 

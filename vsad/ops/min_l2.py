@@ -66,18 +66,7 @@ def bank_sq_norms(bank: torch.Tensor, *, backend: str | None = None) -> torch.Te
     if chosen == "reference":
         b = bank.float()
         return (b * b).sum(1)
-    if bank.dtype not in BANK_DTYPES:
-        raise TypeError(f"bank: got dtype {bank.dtype}, expected one of {list(BANK_DTYPES)}")
-    bank = bank.contiguous()
-    out = new_output((bank.shape[0],), torch.float32, bank.device)
-    require_cpp().min_l2_bank_sq_norms(
-        bank.data_ptr(),
-        BANK_DTYPES[bank.dtype],
-        *bank.shape,
-        out.data_ptr(),
-        torch.get_num_threads(),
-    )
-    return out
+    return _bank_norms_cpp(_bank_for_cpp(bank))
 
 
 def min_l2(
@@ -119,10 +108,8 @@ def min_l2(
         _check_matrix("bank", bank)
         return min_l2_reference(queries, bank, bank_sq_norms=bank_sq_norms)
 
-    if bank.dtype not in BANK_DTYPES:
-        raise TypeError(f"bank: got dtype {bank.dtype}, expected one of {list(BANK_DTYPES)}")
     q = queries.to(torch.float32).contiguous()
-    b = bank.contiguous()
+    b = _bank_for_cpp(bank)
     norms = _bank_norms_cpp(b) if bank_sq_norms is None else bank_sq_norms.float().contiguous()
     _check_bank_norms(norms)
     Q = q.shape[0]
@@ -133,6 +120,13 @@ def min_l2(
         dist.data_ptr(), index.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return dist, index
+
+
+def _bank_for_cpp(bank: torch.Tensor) -> torch.Tensor:
+    """The bank as the C++ kernels take it: a supported storage dtype, contiguous."""
+    if bank.dtype not in BANK_DTYPES:
+        raise TypeError(f"bank: got dtype {bank.dtype}, expected one of {list(BANK_DTYPES)}")
+    return bank.contiguous()
 
 
 def _bank_norms_cpp(bank: torch.Tensor) -> torch.Tensor:
@@ -189,10 +183,8 @@ def min_l2_local(
     if chosen == "reference":
         _check_matrix("bank", bank.reshape(-1, D))
         return min_l2_local_reference(queries, bank, radius=radius, bank_sq_norms=bank_sq_norms)
-    if bank.dtype not in BANK_DTYPES:
-        raise TypeError(f"bank: got dtype {bank.dtype}, expected one of {list(BANK_DTYPES)}")
     q = queries.to(torch.float32).contiguous()
-    b = bank.contiguous()
+    b = _bank_for_cpp(bank)
     norms = (
         _bank_norms_cpp(b.reshape(-1, D))
         if bank_sq_norms is None
