@@ -18,7 +18,7 @@ SHAPES = {
     "Q16384-N100000-D640": (16384, 100000, 640),
     "Q4096-N100000-D1280": (4096, 100000, 1280),
 }
-PROVIDERS = ("faiss", "cpp-fp32", "reference", "cdist")
+PROVIDERS = ("faiss", "cpp-fp32", "cpp-mixed", "reference", "cdist")
 
 
 def make_inputs(Q, N, D):
@@ -31,6 +31,9 @@ def make_runner(provider, queries, bank):
     if provider == "cpp-fp32":
         norms = bank_sq_norms(bank)
         return lambda: min_l2(queries, bank, bank_sq_norms=norms, backend="cpp")
+    if provider == "cpp-mixed":
+        norms = bank_sq_norms(bank)
+        return lambda: min_l2(queries, bank, bank_sq_norms=norms, backend="cpp", precision="mixed")
     if provider == "reference":
         return lambda: min_l2(queries, bank, backend="reference")
     if provider == "cdist":
@@ -69,6 +72,8 @@ def test_min_l2(benchmark, machine, fp32_gemm_gflops, shape, provider):
     # Correctness first, against the exact fp32 kernel on a subset of queries.
     dist, index = run()
     want_dist, want_index = min_l2(queries[:256], bank, backend="cpp")
+    if provider == "cpp-mixed":  # identical, not just close
+        assert torch.equal(dist[:256], want_dist) and torch.equal(index[:256], want_index)
     torch.testing.assert_close(dist[:256], want_dist, atol=1e-2, rtol=1e-3)
     assert (index[:256] == want_index).float().mean() > 0.99
 

@@ -44,7 +44,8 @@ void register_min_l2(py::module_& m) {
   m.def(
       "min_l2",
       [](uintptr_t queries, uintptr_t bank, const std::string& dtype, uintptr_t bank_sq_norms,
-         int64_t Q, int64_t N, int64_t D, uintptr_t dist, uintptr_t index, int num_threads) {
+         int64_t Q, int64_t N, int64_t D, uintptr_t dist, uintptr_t index, int num_threads,
+         const std::string& precision) {
         for (auto [name, p] : {std::pair{"queries", queries}, {"bank", bank},
                                {"bank_sq_norms", bank_sq_norms}, {"dist", dist}, {"index", index}})
           check_pointer(name, p);
@@ -55,12 +56,17 @@ void register_min_l2(py::module_& m) {
         MinL2Args a{cptr<float>(queries), reinterpret_cast<const void*>(bank),
                     parse_bank_type(dtype), cptr<float>(bank_sq_norms), Q, N, D,
                     mptr<float>(dist), mptr<int64_t>(index), num_threads};
+        if (precision != "fp32" && precision != "mixed")
+          fail("precision: got '", precision, "', expected 'fp32' or 'mixed'");
         py::gil_scoped_release release;
-        VSAD_DISPATCH(min_l2_search, a);
+        if (precision == "mixed")
+          VSAD_DISPATCH(min_l2_search_mixed, a);
+        else
+          VSAD_DISPATCH(min_l2_search, a);
       },
       py::arg("queries"), py::arg("bank"), py::arg("dtype"), py::arg("bank_sq_norms"),
       py::arg("Q"), py::arg("N"), py::arg("D"), py::arg("dist"), py::arg("index"),
-      py::arg("num_threads"),
+      py::arg("num_threads"), py::arg("precision") = "fp32",
       "Exact nearest bank row (L2) for every query; float32 queries, float32/16/bf16 bank.");
 
   m.def(

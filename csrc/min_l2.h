@@ -39,6 +39,7 @@ struct MinL2LocalArgs {
 #define VSAD_DECLARE_MIN_L2(isa)                                                      \
   namespace isa {                                                                     \
   void min_l2_search(const MinL2Args& a);                                            \
+  void min_l2_search_mixed(const MinL2Args& a);                                      \
   void min_l2_local_search(const MinL2LocalArgs& a);                                 \
   void min_l2_bank_sq_norms(const void* bank, BankType type, int64_t N, int64_t D,   \
                             float* out, int num_threads);                             \

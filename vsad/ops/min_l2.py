@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 BANK_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "mixed")
 _SUPPORTED = ("reference", "cpp")
 
 
@@ -84,7 +84,10 @@ def min_l2(
         bank: (N, D) prototypes stored as float32, float16 or bfloat16 (accumulation is float32).
         bank_sq_norms: optional (N,) float32 ‖b‖², from :func:`bank_sq_norms`, to reuse across
             searches of the same bank.
-        precision: "fp32" (exact).
+        precision: "fp32" (exact) or "mixed": screen with bf16 products (AVX512-BF16), then
+            re-rank the survivors in fp32 — results identical to "fp32" by a proven error bound
+            (csrc/kernels/min_l2.cpp); without AVX512-BF16 it runs the fp32 search. The
+            reference backend always computes in fp32.
         backend: "cpp" or "reference"; default by device (overridable by VSAD_BACKEND).
 
     Returns:
@@ -117,7 +120,7 @@ def min_l2(
     index = new_output((Q,), torch.int64, q.device)
     require_cpp().min_l2(
         q.data_ptr(), b.data_ptr(), BANK_DTYPES[b.dtype], norms.data_ptr(), Q, N, q.shape[1],
-        dist.data_ptr(), index.data_ptr(), torch.get_num_threads(),
+        dist.data_ptr(), index.data_ptr(), torch.get_num_threads(), precision,
     )  # fmt: skip
     return dist, index
 
