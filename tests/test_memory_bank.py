@@ -62,6 +62,20 @@ def test_add_search_save_load(dtype, rng, tmp_path):
     assert torch.equal(d2, dist) and torch.equal(i2, index)
 
 
+def test_search_in_chunks_and_mixed_precision(rng, monkeypatch):
+    import vsad.memory.bank as bank_module
+
+    monkeypatch.setattr(bank_module, "QUERY_CHUNK", 7)  # force several chunks
+    bank = MemoryBank()
+    bank.add(torch.randn(300, 20, generator=rng))
+    queries = torch.randn(5, 9, 20, generator=rng)
+    dist, index = bank.search(queries)
+    whole = torch.cdist(queries.reshape(-1, 20), bank.features).min(1)
+    assert torch.equal(index.reshape(-1), whole.indices)
+    mixed = bank.search(queries, precision="mixed")
+    assert torch.equal(mixed[0], dist) and torch.equal(mixed[1], index)
+
+
 def test_coreset_keeps_a_subset(rng):
     bank = MemoryBank()
     bank.add(torch.randn(500, 8, generator=rng))

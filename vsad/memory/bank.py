@@ -11,6 +11,7 @@ from vsad.ops.coreset import kcenter_greedy
 from vsad.ops.min_l2 import BANK_DTYPES, bank_sq_norms, min_l2
 
 FORMAT_VERSION = "1"
+QUERY_CHUNK = 16384
 
 
 class MemoryBank:
@@ -75,8 +76,9 @@ class MemoryBank:
         self._features = self._norms = None
         return keep
 
-    def search(self, queries: torch.Tensor, *, backend: str | None = None):
-        """(dist, index) of the nearest prototype for queries (..., D); shapes (...)."""
+    def search(self, queries: torch.Tensor, *, precision: str = "fp32", backend: str | None = None):
+        """(dist, index) of the nearest prototype for queries (..., D); shapes (...).
+        precision: "fp32" or "mixed" (identical results, faster on AVX512-BF16 CPUs)."""
         if queries.shape[-1] != (self.dim or queries.shape[-1]):
             raise ValueError(
                 f"queries: dimension {queries.shape[-1]} does not match the bank's "
@@ -89,7 +91,16 @@ class MemoryBank:
         flat = queries.reshape(-1, queries.shape[-1])
         if flat.shape[0] == 0:
             return torch.empty(lead), torch.empty(lead, dtype=torch.int64)
-        dist, index = min_l2(flat.cpu(), bank, bank_sq_norms=self._norms, backend=backend)
+        # Chunks of queries keep memory bounded for any number of queries (the mixed-precision
+        # kernel keeps O(D) bytes of state per query).
+        parts = [
+            min_l2(
+                chunk.cpu(), bank, bank_sq_norms=self._norms, precision=precision, backend=backend
+            )
+            for chunk in flat.split(QUERY_CHUNK)
+        ]
+        dist = torch.cat([p[0] for p in parts])
+        index = torch.cat([p[1] for p in parts])
         return dist.reshape(lead), index.reshape(lead)
 
     def save(self, path: str | Path) -> None:
