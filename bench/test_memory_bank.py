@@ -96,36 +96,48 @@ def test_min_l2(benchmark, machine, fp32_gemm_gflops, shape, provider):
     )
 
 
-# Position-local vs global search on one view's bank: 100 samples × 32×32 positions, D=640.
-LOCAL = {"S": 100, "H": 32, "W": 32, "D": 640, "radius": 2}
+# Position-local vs global search as the issue states it: a bank of 100 samples × 5 views ×
+# 32×32 positions (D=640, 512,000 rows, 1.3 GB). Global: every query against the whole bank.
+# Local (ρ=2): a query at (view, y, x) against its own view's entries within ±2 positions.
+LOCAL = {"S": 100, "V": 5, "H": 32, "W": 32, "D": 640, "radius": 2}
 
 
 def make_local_inputs():
     g = torch.Generator().manual_seed(1)
-    S, H, W, D = LOCAL["S"], LOCAL["H"], LOCAL["W"], LOCAL["D"]
-    return torch.randn(1, H, W, D, generator=g), torch.randn(S, H, W, D, generator=g)
+    S, V, H, W, D = (LOCAL[k] for k in "SVHWD")
+    return torch.randn(V, 1, H, W, D, generator=g), torch.randn(V, S, H, W, D, generator=g)
 
 
-@pytest.mark.parametrize("provider", ["global-cpp", "local-cpp", "local-reference"])
+@pytest.mark.parametrize("provider", ["global-cpp", "local-cpp"])
 def test_local_vs_global(benchmark, machine, provider):
     from vsad.ops import min_l2_local
 
-    queries, bank = make_local_inputs()
-    D = LOCAL["D"]
-    norms = bank_sq_norms(bank.reshape(-1, D))
+    queries, bank = make_local_inputs()  # (V, 1, H, W, D), (V, S, H, W, D)
+    V, D = LOCAL["V"], LOCAL["D"]
     if provider == "global-cpp":
-        run = lambda: min_l2(queries.reshape(-1, D), bank.reshape(-1, D), bank_sq_norms=norms)  # noqa: E731
+        flat_bank = bank.reshape(-1, D)
+        norms = bank_sq_norms(flat_bank)
+
+        def run():
+            return min_l2(queries.reshape(-1, D), flat_bank, bank_sq_norms=norms)
+
     else:
-        backend = provider.split("-")[1]
-        run = lambda: min_l2_local(  # noqa: E731
-            queries, bank, radius=LOCAL["radius"], bank_sq_norms=norms, backend=backend
-        )
+        norms = [bank_sq_norms(bank[v].reshape(-1, D)) for v in range(V)]
+
+        def run():
+            results = [
+                min_l2_local(queries[v], bank[v], radius=LOCAL["radius"], bank_sq_norms=norms[v])
+                for v in range(V)
+            ]
+            return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
+
     dist, _ = run()
-    want, _ = min_l2_local(queries, bank, radius=LOCAL["radius"], bank_sq_norms=norms)
-    if provider == "global-cpp":  # the global minimum can only be lower or equal
-        assert (dist.reshape(want.shape) <= want + 1e-3).all()
-    else:
-        torch.testing.assert_close(dist.reshape(want.shape) ** 2, want**2, atol=1e-2, rtol=1e-4)
-    benchmark.group = "min_l2 local (radius 2) vs global, 100 samples × 32×32, D=640"
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
+    if provider == "local-cpp":  # check one view against the reference twin
+        from vsad.ops import min_l2_local_reference
+
+        want, _ = min_l2_local_reference(queries[0], bank[0], radius=LOCAL["radius"])
+        torch.testing.assert_close(dist[0] ** 2, want**2, atol=1e-2, rtol=1e-4)
+    benchmark.group = "min_l2 local (ρ=2, own view) vs global, 100 samples × 5 views × 32×32, D=640"
+    rounds = 2 if provider == "global-cpp" else 5
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=0, iterations=1)
     benchmark.extra_info.update(machine, provider=provider, baseline="global-cpp")
