@@ -1,16 +1,98 @@
-"""The `vsad` command."""
+"""The `vsad` command: info, train, test, predict, demo.
+
+A run folder (`--out RUN` of `vsad train`) holds:
+    RUN/run.json           config, data source, versions, backends, machine, timings, losses
+    RUN/model/             the fitted detector (detector.json + safetensors), see VSAD.save
+    RUN/checkpoints/       training checkpoints (a rerun with the same --out resumes)
+    RUN/test/<category>/   what `vsad test` writes: metrics.{json,csv,md}, scores.csv, roc.png,
+                           overlays/
+Everything is written to a temporary name and renamed into place.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
+import time
+from pathlib import Path
 
 import torch
 
 import vsad
 
+MODELS = {"vsad": "VSAD", "patchknn": "PatchKNN"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
+
+# -- helpers ------------------------------------------------------------------------------
+def _versions() -> dict:
+    import cv2
+    import diffusers
+    import numpy
+
+    return {
+        "vsad": vsad.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "numpy": numpy.__version__,
+        "opencv": cv2.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _detector_class(name: str):
+    from vsad import detector
+
+    return getattr(detector, MODELS[name])
+
+
+def _open(args, split: str, category: str | None = None):
+    from vsad.data import open_dataset
+
+    category = category or args.category
+    options = {}
+    if getattr(args, "image_size", None):
+        options["image_size"] = args.image_size
+    return open_dataset(args.data, category, split, format=args.format, **options)
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--data", required=required, help="dataset root folder")
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "realiad", "manta", "folder"],
+        help="dataset layout (default: detected)",
+    )
+    parser.add_argument("--category", required=required, help="category (object class) name")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize every view to this size on load (default: native size)",
+    )
+
+
+# -- commands ------------------------------------------------------------------------------
 def _info(args: argparse.Namespace) -> int:
     info = {
         "vsad": vsad.__version__,
@@ -30,6 +112,174 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    cls = _detector_class(args.model)
+    config = cls.config_class.from_file(args.config) if args.config else cls.config_class()
+    config = config.with_overrides(args.overrides)
+    train = _open(args, "train")
+    if len(train) == 0:
+        raise SystemExit(
+            f"vsad train: the train split of {args.category!r} in {args.data} is empty"
+        )
+    if args.max_train:
+        from torch.utils.data import Subset
+
+        train = Subset(train, range(min(args.max_train, len(train))))
+    run = Path(args.out)
+    run.mkdir(parents=True, exist_ok=True)
+    print(f"training {cls.kind} on {len(train)} samples of {args.category!r} -> {run}")
+    start = time.perf_counter()
+    detector = cls(config)
+    fit_args = {"progress": not args.quiet}
+    if cls.kind == "VSAD":
+        fit_args.update(work_dir=run / "checkpoints", homographies=args.homographies)
+    detector.fit(train, **fit_args)
+    seconds = time.perf_counter() - start
+    detector.save(run / "model")
+    _write_json(
+        run / "run.json",
+        {
+            "command": sys.argv,
+            "detector": cls.kind,
+            "config": config.to_dict(),
+            "data": {
+                "root": str(Path(args.data).resolve()),
+                "format": args.format,
+                "category": args.category,
+                "image_size": args.image_size,
+                "train_samples": len(train),
+            },
+            "fit_seconds": seconds,
+            "losses": getattr(detector, "history", [])[-1:],
+            "versions": _versions(),
+            "backends": vsad.backends(),
+            "machine": _machine(),
+        },
+    )
+    print(f"fitted in {seconds:.0f} s; model saved to {run / 'model'}")
+    return 0
+
+
+def _run_info(run: Path) -> dict:
+    path = run / "run.json"
+    if not path.is_file():
+        raise SystemExit(f"vsad: --run {run}: no run.json there; expected a `vsad train` folder")
+    return json.loads(path.read_text())
+
+
+def _test(args: argparse.Namespace) -> int:
+    from vsad.detector import load_detector
+    from vsad.detector.evaluate import evaluate_detector, print_table
+
+    run = Path(args.run)
+    info = _run_info(run)
+    data = info["data"]
+    args.data = args.data or data["root"]
+    args.format = args.format if args.format != "auto" else data.get("format", "auto")
+    args.category = args.category or data["category"]
+    if args.image_size is None:
+        args.image_size = data.get("image_size")
+    detector = load_detector(run / "model")
+    test = _open(args, "test")
+    out = Path(args.out) if args.out else run / "test" / args.category
+    timings: dict = {}
+    start = time.perf_counter()
+    metrics = evaluate_detector(
+        detector, test, out, overlays=args.overlays, progress=not args.quiet, timings=timings
+    )
+    print_table(metrics, args.category)
+    print(
+        f"{len(test)} samples in {time.perf_counter() - start:.0f} s; results in {out} "
+        "(metrics.json, metrics.csv, metrics.md, scores.csv, roc.png, overlays/)"
+    )
+    return 0
+
+
+def _group(paths: list[Path], views: int) -> list[tuple[str, list[Path]]]:
+    """(sample name, view files): a folder is one sample (its images in natural order); loose
+    files are taken `views` at a time."""
+    from vsad.data.sample import natural_key
+
+    files: list[Path] = []
+    groups: list[tuple[str, list[Path]]] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(
+                (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                key=lambda p: natural_key(p.name),
+            )
+            groups.append((path.name, inside))
+        elif not path.is_file():
+            raise FileNotFoundError(f"images: '{path}' does not exist")
+        else:
+            files.append(path)
+    if len(files) % views:
+        raise ValueError(
+            f"images: got {len(files)} image files, expected a multiple of the detector's "
+            f"{views} views (one sample = {views} consecutive files)"
+        )
+    for i in range(0, len(files), views):
+        groups.append((f"sample{i // views:04d}", files[i : i + views]))
+    return groups
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from vsad.data import read_image
+    from vsad.detector import load_detector
+    from vsad.viz import save_overlays
+
+    run = Path(args.run)
+    detector = load_detector(run / "model" if (run / "model").is_dir() else run)
+    groups = _group([Path(p) for p in args.images], detector.num_views)
+    out = Path(args.out) if args.out else run / "predictions"
+    results = []
+    for sample_id, group in groups:
+        images = [read_image(p) for p in group]
+        prediction = detector.predict(images)
+        save_overlays(
+            out,
+            sample_id,
+            images,
+            prediction.maps,
+            view_scores=prediction.view_scores,
+            sample_score=prediction.score,
+        )
+        if args.save_maps:
+            import numpy as np
+
+            np.save(out / f"{sample_id}_maps.npy", prediction.maps)
+        results.append(
+            {
+                "sample": sample_id,
+                "views": [str(p) for p in group],
+                "score": prediction.score,
+                "view_scores": [float(s) for s in prediction.view_scores],
+            }
+        )
+        print(
+            f"{sample_id}: score {prediction.score:.4f}  views "
+            + " ".join(f"{s:.4f}" for s in prediction.view_scores)
+        )
+    _write_json(out / "predictions.json", {"predictions": results})
+    print(f"overlays and predictions.json in {out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from vsad.demo import run_demo
+
+    run_demo(
+        Path(args.out),
+        steps=args.steps,
+        n_train=args.train_samples,
+        n_test=args.test_samples,
+        baseline=not args.no_baseline,
+        progress=not args.quiet,
+    )
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsad",
@@ -37,15 +287,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vsad {vsad.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
     info = sub.add_parser("info", help="show the installed backends and instruction set")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_info)
+
+    train = sub.add_parser(
+        "train",
+        help="fit a detector on the normal training samples of a category",
+        description="Fit VSAD (default) or the PatchKNN baseline and save it in a run folder. "
+        "Trailing key=value arguments override the config, e.g. train.steps=300 "
+        "bank_mode=global feature_levels=[-1].",
+    )
+    _add_data_arguments(train, required=True)
+    train.add_argument("--out", required=True, help="run folder to create (or resume)")
+    train.add_argument("--config", help="JSON file with a config (see VSADConfig)")
+    train.add_argument("--model", default="vsad", choices=sorted(MODELS), help="detector")
+    train.add_argument("--homographies", help="file with the views' homographies (else estimated)")
+    train.add_argument("--max-train", type=int, help="use only the first N training samples")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.set_defaults(func=_train)
+
+    test = sub.add_parser(
+        "test",
+        help="evaluate a run on a test split: metrics, scores, ROC curves, overlays",
+        description="Writes metrics.json/.csv/.md (S-AUROC, V-AUROC, P-AUROC, AUPRO, AP, "
+        "F1-max), scores.csv, roc.png and overlay pictures. Data options default to the run's.",
+    )
+    test.add_argument("--run", required=True, help="run folder written by `vsad train`")
+    _add_data_arguments(test, required=False)
+    test.add_argument("--out", help="output folder (default RUN/test/<category>)")
+    test.add_argument("--overlays", type=int, default=16, help="overlay panels to draw")
+    test.add_argument("--quiet", action="store_true", help="no progress bars")
+    test.set_defaults(func=_test)
+
+    predict = sub.add_parser(
+        "predict",
+        help="anomaly maps and scores for new samples",
+        description="IMAGES are sample folders (their image files, in natural order, are the "
+        "views) or image files taken M at a time, M = the run's number of views.",
+    )
+    predict.add_argument("--run", required=True, help="run folder (or a saved model folder)")
+    predict.add_argument("images", nargs="+", help="sample folders or image files")
+    predict.add_argument("--out", help="output folder (default RUN/predictions)")
+    predict.add_argument("--save-maps", action="store_true", help="also save maps as .npy")
+    predict.set_defaults(func=_predict)
+
+    demo = sub.add_parser(
+        "demo",
+        help="synthetic category from the packaged texture: train, evaluate, draw (~5 min)",
+    )
+    demo.add_argument("--out", default="vsad-demo", help="output folder (default ./vsad-demo)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default config)")
+    demo.add_argument("--train-samples", type=int, default=40)
+    demo.add_argument("--test-samples", type=int, default=40)
+    demo.add_argument("--no-baseline", action="store_true", help="skip the PatchKNN comparison")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"vsad {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
