@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -158,8 +160,9 @@ def test_bad_options(rng):
         min_l2(q, b, precision="fp8")
     with pytest.raises(ValueError, match=r"bank_sq_norms: got shape \(9,\), expected \(10,\)"):
         min_l2(q, b, bank_sq_norms=torch.ones(9))
-    with pytest.raises(ValueError, match="min_l2 has no 'triton' backend"):
-        min_l2(q, b, backend="triton")
+    if not os.environ.get("TRITON_INTERPRET"):
+        with pytest.raises((ValueError, RuntimeError), match="triton"):
+            min_l2(q, b, backend="triton")  # CPU tensors: triton runs on CUDA only
 
 
 def test_cpp_boundary_validates(rng):

@@ -247,7 +247,9 @@ def _predict(args: argparse.Namespace) -> int:
         if args.save_maps:
             import numpy as np
 
-            np.save(out / f"{sample_id}_maps.npy", prediction.maps)
+            from vsad.viz import safe_name
+
+            np.save(out / f"{safe_name(sample_id)}_maps.npy", prediction.maps)
         results.append(
             {
                 "sample": sample_id,

@@ -88,7 +88,7 @@ def run_demo(
         )
         seconds["PatchKNN fit+test"] = time.perf_counter() - start
 
-    write_metrics(results, out, name="metrics")
+    write_metrics(results, out, name="metrics", mean=False)
     summary = {
         "metrics": results,
         "seconds": seconds,
@@ -102,7 +102,7 @@ def run_demo(
     tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     os.replace(tmp, out / "summary.json")
     print()
-    print(metrics_table(results))
+    print(metrics_table(results, mean=False))
     print(", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     print(f"metrics, overlays (vsad/overlays/) and ROC curves (vsad/roc.png) in {out}")
     return results

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vsad._files import make_readable
 from vsad.eval.evaluator import METRIC_KEYS
 
 FORMATS = ("json", "csv", "md")
@@ -19,6 +20,7 @@ FORMATS = ("json", "csv", "md")
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_readable(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -56,11 +58,14 @@ def mean_row(rows: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def metrics_table(results: Mapping, *, percent: bool = True, digits: int = 2) -> str:
-    """A Markdown table: one row per name (plus a mean row when there are several)."""
+def metrics_table(
+    results: Mapping, *, percent: bool = True, digits: int = 2, mean: bool = True
+) -> str:
+    """A Markdown table: one row per name (plus a mean row when there are several rows and
+    `mean` — right for categories, wrong for rows that are different methods)."""
     rows = _rows(results)
     columns = _columns(rows)
-    if len(rows) > 1:
+    if mean and len(rows) > 1:
         rows = {**rows, "mean": mean_row(rows)}
     scale = 100.0 if percent else 1.0
     lines = [
@@ -84,6 +89,7 @@ def write_metrics(
     name: str = "metrics",
     formats: Sequence[str] = FORMATS,
     details: Mapping | None = None,
+    mean: bool = True,
 ) -> list[Path]:
     """Writes <out_dir>/<name>.json, .csv and .md; returns the paths.
 
@@ -101,7 +107,7 @@ def write_metrics(
     written = []
     if "json" in formats:
         payload = {"metrics": {k: {c: _clean(v) for c, v in r.items()} for k, r in rows.items()}}
-        if len(rows) > 1:
+        if mean and len(rows) > 1:
             payload["mean"] = {c: _clean(v) for c, v in mean_row(rows).items()}
         if details is not None:
             payload["details"] = _sanitize(details)
@@ -120,7 +126,7 @@ def write_metrics(
         written.append(path)
     if "md" in formats:
         path = out_dir / f"{name}.md"
-        _atomic_write_text(path, metrics_table(results))
+        _atomic_write_text(path, metrics_table(results, mean=mean))
         written.append(path)
     return written
 

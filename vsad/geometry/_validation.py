@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vsad._files import make_readable
+
 # A homography whose smallest singular value is below this fraction of its largest maps the
 # plane onto (almost) a line: no pixel of one view can be located in the other.
 SINGULAR_RATIO = 1e-12
@@ -53,6 +55,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_readable(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -3,6 +3,8 @@ never N×N."""
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -20,11 +22,23 @@ def kcenter_greedy(
     projection_dim: if set, distances are measured after a seeded Gaussian random projection to
     that many dimensions (Johnson–Lindenstrauss), as PatchCore does to speed up selection.
     """
-    if features.dim() != 2 or features.shape[0] < 1:
-        raise ValueError(f"features: got shape {tuple(features.shape)}, expected (N>=1, D)")
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features: got {type(features).__name__}, expected a torch.Tensor")
+    if features.dim() != 2 or features.shape[0] < 1 or features.shape[1] < 1:
+        raise ValueError(f"features: got shape {tuple(features.shape)}, expected (N>=1, D>=1)")
     N = features.shape[0]
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n: got {n!r}, expected an integer")
+    n = int(n)
     if not 1 <= n <= N:
         raise ValueError(f"n: got {n}, expected 1 <= n <= N={N}")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile: got {tile!r}, expected an integer >= 1")
+    for i in range(0, N, tile):  # a NaN would win every argmax below; checked tile by tile
+        bad = ~torch.isfinite(features[i : i + tile])
+        if bool(bad.any()):
+            row = i + int(bad.any(1).nonzero()[0])
+            raise ValueError(f"features: row {row} contains NaN or Inf, expected finite values")
     gen = torch.Generator().manual_seed(seed)
     x = features.float()
     if projection_dim is not None:
@@ -41,6 +55,8 @@ def kcenter_greedy(
         for i in range(0, N, tile):  # distance of every row to the newest centre, tile by tile
             d = (sq[i : i + tile] - 2 * (x[i : i + tile] @ c) + c.dot(c)).clamp(min=0)
             torch.minimum(min_sq[i : i + tile], d, out=min_sq[i : i + tile])
+        # A chosen row is never chosen again, even when duplicates leave only zero distances.
+        min_sq[selected[s - 1]] = -1.0
         if s < n:
             selected[s] = int(torch.argmax(min_sq))  # first maximum on ties
     return selected

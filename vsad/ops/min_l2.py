@@ -1,8 +1,12 @@
 """Memory-bank search: the nearest normal prototype of every query feature (paper eq. 12).
 
 Contract: DESIGN.md §3.2. Backends: ``cpp`` (fused, tiled C++ kernel; the Q×N distance matrix
-never exists; extra memory ≤ 512 KiB + 4 bytes per query) and ``reference`` (chunked PyTorch,
-``min_l2_reference.py``).
+never exists; extra memory ≤ 512 KiB + 4 bytes per query), ``triton`` (CUDA, or CPU tensors
+under ``TRITON_INTERPRET=1``; tiled the same way, ``kernels/min_l2.py``) and ``reference``
+(chunked PyTorch, ``min_l2_reference.py``).
+
+``min_l2_local`` has no triton backend: on CUDA tensors its device default is the reference
+(which runs on any device), and an explicit backend="triton" is refused with an error.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ __all__ = [
 
 BANK_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 PRECISIONS = ("fp32", "mixed")
-_SUPPORTED = ("reference", "cpp")
+_SUPPORTED = ("reference", "cpp", "triton")
+_LOCAL_SUPPORTED = ("reference", "cpp")  # min_l2_local: no triton kernel (see the docstring)
 
 
 def _check_matrix(name: str, t: torch.Tensor, *, check_values: bool = True) -> None:
@@ -66,6 +71,8 @@ def bank_sq_norms(bank: torch.Tensor, *, backend: str | None = None) -> torch.Te
     if chosen == "reference":
         b = bank.float()
         return (b * b).sum(1)
+    if chosen == "triton":
+        return _bank_norms_triton(_bank_for_cpp(bank))
     return _bank_norms_cpp(_bank_for_cpp(bank))
 
 
@@ -87,8 +94,9 @@ def min_l2(
         precision: "fp32" (exact) or "mixed": screen with bf16 products (AVX512-BF16), then
             re-rank the survivors in fp32 — results identical to "fp32" by a proven error bound
             (csrc/kernels/min_l2.cpp); without AVX512-BF16 it runs the fp32 search. The
-            reference backend always computes in fp32.
-        backend: "cpp" or "reference"; default by device (overridable by VSAD_BACKEND).
+            reference and triton backends always compute in fp32 (kernels/min_l2.py).
+        backend: "cpp", "triton" or "reference"; default by device (overridable by
+            VSAD_BACKEND).
 
     Returns:
         dist (Q,) = min_n ‖q − bank[n]‖₂ (float32), index (Q,) int64 (lowest index on ties).
@@ -113,6 +121,8 @@ def min_l2(
 
     q = queries.to(torch.float32).contiguous()
     b = _bank_for_cpp(bank)
+    if chosen == "triton":
+        return _min_l2_triton(q, b, bank_sq_norms)
     norms = _bank_norms_cpp(b) if bank_sq_norms is None else bank_sq_norms.float().contiguous()
     _check_bank_norms(norms)
     Q = q.shape[0]
@@ -144,6 +154,39 @@ def _bank_norms_cpp(bank: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _triton_kernels():
+    """vsad.kernels.min_l2, imported on first use: importing triton is slow, and
+    TRITON_INTERPRET must be set before the kernel module is imported."""
+    from vsad.kernels import min_l2 as kernels
+
+    return kernels
+
+
+def _bank_norms_triton(bank: torch.Tensor) -> torch.Tensor:
+    out = new_output((bank.shape[0],), torch.float32, bank.device)
+    _triton_kernels().bank_sq_norms(bank, out)
+    return out
+
+
+def _min_l2_triton(
+    q: torch.Tensor, b: torch.Tensor, bank_sq_norms: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The triton search; precision="mixed" runs it too (identical results, see the kernel)."""
+    if bank_sq_norms is None:
+        norms = _bank_norms_triton(b)
+    elif bank_sq_norms.device != b.device:
+        raise ValueError(
+            f"bank_sq_norms: on {bank_sq_norms.device}, expected the bank's device {b.device}"
+        )
+    else:
+        norms = bank_sq_norms.float().contiguous()
+    _check_bank_norms(norms)
+    dist = new_output((q.shape[0],), torch.float32, q.device)
+    index = new_output((q.shape[0],), torch.int64, q.device)
+    _triton_kernels().min_l2(q, b, norms, dist, index)
+    return dist, index
+
+
 def min_l2_local(
     queries: torch.Tensor,
     bank: torch.Tensor,
@@ -160,6 +203,9 @@ def min_l2_local(
             bfloat16 storage).
         radius: ρ — a query at (y, x) sees bank positions within ±ρ rows and columns.
         bank_sq_norms: optional (S·H·W,) from :func:`bank_sq_norms` on bank.reshape(-1, D).
+        backend: "cpp" or "reference"; default by device (overridable by VSAD_BACKEND). There
+            is no triton backend: CUDA tensors default to the reference, and "triton" is
+            refused with a ValueError.
 
     Returns:
         dist (B, H, W) and index (B, H, W) into bank.reshape(-1, D) (lowest on ties).
@@ -182,7 +228,7 @@ def min_l2_local(
         raise ValueError(
             f"bank_sq_norms: got shape {tuple(bank_sq_norms.shape)}, expected ({S * H * W},)"
         )
-    chosen = choose_backend("min_l2", queries.device, backend, _SUPPORTED)
+    chosen = choose_backend("min_l2_local", queries.device, backend, _LOCAL_SUPPORTED)
     if chosen == "reference":
         _check_matrix("bank", bank.reshape(-1, D))
         return min_l2_local_reference(queries, bank, radius=radius, bank_sq_norms=bank_sq_norms)

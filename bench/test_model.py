@@ -1,0 +1,57 @@
+"""Latency of the default VSAD: predict of one five-view 256² sample (with a breakdown into
+encoder, UNet, MVAM, bank search, scoring) and one training step.
+
+Weights do not change the cost, so the model is fitted with 2 steps. Run:
+    pytest bench/test_model.py --benchmark-json=model.json; python bench/report.py model.json
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vsad.data import make_category
+from vsad.detector import VSAD, PatchKNN, VSADConfig
+from vsad.model.training import VALDMTrainer
+
+
+@pytest.fixture(scope="module")
+def category():
+    return make_category(n_train=40, n_test=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(category):
+    config = VSADConfig().with_overrides({"train.steps": 2})
+    return VSAD(config).fit(category.train, homographies=category.homographies, progress=False)
+
+
+def test_predict_one_sample(benchmark, fitted, category, machine):
+    sample = category.test[0]
+    result = fitted.predict(sample)
+    assert result.maps.shape == (5, 256, 256) and np.isfinite(result.maps).all()
+    timings: dict = {}
+    runs = 5
+    for _ in range(runs):
+        fitted.predict(sample, timings=timings)
+    breakdown = {k: v / runs for k, v in timings.items()}
+    benchmark.extra_info.update(machine=machine, breakdown_seconds=breakdown)
+    benchmark.pedantic(fitted.predict, args=(sample,), rounds=5, iterations=1)
+
+
+def test_patchknn_predict_one_sample(benchmark, category, machine):
+    knn = PatchKNN().fit(category.train, progress=False)
+    assert np.isfinite(knn.predict(category.test[0]).score)
+    benchmark.extra_info.update(machine=machine)
+    benchmark.pedantic(knn.predict, args=(category.test[0],), rounds=5, iterations=1)
+
+
+def test_training_step(benchmark, fitted, machine):
+    c = fitted.config
+    hom, neighbors = fitted._latent_homography((32, 32))
+    trainer = VALDMTrainer(fitted.model, c.train, homography=hom, neighbors=neighbors)
+    latents = torch.randn(8, 5, 48, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert np.isfinite(trainer.train_step(latents)["loss"])
+    benchmark.extra_info.update(machine=machine, batch_samples=c.train.batch_size)
+    benchmark.pedantic(trainer.train_step, args=(latents,), rounds=5, iterations=1)
