@@ -41,6 +41,7 @@ def test_train_test_predict_on_a_realiad_tree(model, realiad_root, tmp_path, cap
     run = tmp_path / "run"
     tiny = ["image_size=64", "train.steps=2", "inversion_steps=1"] if model == "vsad" else []
     args = ["train", "--data", str(realiad_root), "--category", "toy", "--out", str(run)]
+    args += ["--image-size", "80"]  # views resized on load; predict must do the same
     assert main([*args, "--model", model, "--quiet", "image_size=64", *tiny]) == 0
     info = json.loads((run / "run.json").read_text())
     assert info["detector"] == {"vsad": "VSAD", "patchknn": "PatchKNN"}[model]

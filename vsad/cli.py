@@ -225,6 +225,7 @@ def _group(paths: list[Path], views: int) -> list[tuple[str, list[Path]]]:
 
 def _predict(args: argparse.Namespace) -> int:
     from vsad.data import read_image
+    from vsad.data.imageio import resize_image
     from vsad.detector import load_detector
     from vsad.viz import save_overlays
 
@@ -235,6 +236,9 @@ def _predict(args: argparse.Namespace) -> int:
     results = []
     for sample_id, group in groups:
         images = [read_image(p) for p in group]
+        if images and images[0].shape[:2] != tuple(detector.view_size):
+            # The run's data were resized on load (--image-size): do the same here.
+            images = [resize_image(im, tuple(detector.view_size)) for im in images]
         prediction = detector.predict(images)
         save_overlays(
             out,
