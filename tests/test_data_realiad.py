@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 
 import cv2
 import numpy as np
 import pytest
+from conftest import fresh_seed
 
 from vsad.data import DatasetError, MissingFileError, RealIADDataset, open_dataset
 
@@ -20,7 +20,7 @@ STAMP = "20231021130209"
 
 @pytest.fixture
 def np_rng() -> np.random.Generator:
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = fresh_seed()
     print(f"numpy seed = {seed}")
     return np.random.default_rng(seed)
 

@@ -51,6 +51,8 @@ REALIAD_DEFECT_CODES = {
 }
 _CAMERA = re.compile(r"_C(\d+)_[^_]*$")
 
+ROOT_PROBES = 16  # entries probed to find the image folder
+
 
 def camera_index(image_path: str) -> int:
     """k of a Real-IAD file name ending ``_C<k>_<timestamp>.<ext>``."""
@@ -164,14 +166,18 @@ class RealIADDataset(MultiViewDataset):
 
     def _find_image_root(self, resolution, prefix: str, entries: list) -> Path:
         """The folder image_path is relative to: realiad_<res>/<prefix>, or the doubled
-        realiad_<res>/<obj>/<obj>/ that some unpackers produce."""
-        first = self._entry_field(entries[0], "image_path", 0)
+        realiad_<res>/<obj>/<obj>/ that some unpackers produce. Probes the first few entries,
+        so one missing file does not hide the folder (it is reported later, by path)."""
+        probes = [
+            self._entry_field(entry, "image_path", k)
+            for k, entry in enumerate(entries[:ROOT_PROBES])
+        ]
         obj = prefix.strip("/")
         tried = []
         for folder in _image_folders(self.root, resolution):
             for base in (folder / prefix, folder / prefix / obj):
-                tried.append(base / first)
-                if (base / first).is_file():
+                tried.append(base / probes[0])
+                if any((base / probe).is_file() for probe in probes):
                     return base
         raise MissingFileError(
             f"cannot find the images of category {self.category!r} (json '{self.json_path}'): "
