@@ -25,13 +25,18 @@ VARIANTS = {
     "R2": {"window": 2},
     "R4": {"window": 4},
     "patchknn": None,
+    # Training length (not in the default list: steps500 alone trains ~5 minutes).
+    "steps1": {"train.steps": 1},
+    "steps20": {"train.steps": 20},
+    "steps500": {"train.steps": 500},
 }
+DEFAULT_VARIANTS = ("full", "no_mvam", "no_frm", "R1", "R2", "R4", "patchknn")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="ablation.json")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     category = make_category(n_train=40, n_test=40, seed=args.seed, name="demo")
