@@ -24,7 +24,6 @@ import torch
 import vsad
 
 MODELS = {"vsad": "VSAD", "patchknn": "PatchKNN"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -198,6 +197,7 @@ def _test(args: argparse.Namespace) -> int:
 def _group(paths: list[Path], views: int) -> list[tuple[str, list[Path]]]:
     """(sample name, view files): a folder is one sample (its images in natural order); loose
     files are taken `views` at a time."""
+    from vsad.data.imageio import IMAGE_EXTENSIONS
     from vsad.data.sample import natural_key
 
     files: list[Path] = []
@@ -205,7 +205,7 @@ def _group(paths: list[Path], views: int) -> list[tuple[str, list[Path]]]:
     for path in paths:
         if path.is_dir():
             inside = sorted(
-                (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                (p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
                 key=lambda p: natural_key(p.name),
             )
             groups.append((path.name, inside))

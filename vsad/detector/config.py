@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +186,3 @@ def _parse(value: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError:
         return value
-
-
-def config_to_json(config: DetectorConfig) -> str:
-    assert is_dataclass(config)
-    return json.dumps(config.to_dict(), indent=2)

@@ -22,16 +22,12 @@ PLACEMENTS = ("block", "resnet")
 def feature_grid_homography(homography: torch.Tensor, stride: float) -> torch.Tensor:
     """Re-expresses a homography between latent grids on a grid `stride` times coarser.
 
-    A feature cell x_f covers latent pixels centred at x = s·x_f + (s − 1)/2 (DESIGN.md §4), so
-    H_f = S⁻¹ H S with S = [[s, 0, (s−1)/2], [0, s, (s−1)/2], [0, 0, 1]].
+    A feature cell x_f covers latent pixels centred at x = s·x_f + (s − 1)/2 (DESIGN.md §4);
+    one implementation of that convention: vsad.geometry.scale_homography.
     """
-    s = float(stride)
-    S = torch.tensor(
-        [[s, 0.0, (s - 1) / 2], [0.0, s, (s - 1) / 2], [0.0, 0.0, 1.0]],
-        dtype=torch.float64,
-        device=homography.device,
-    )
-    return torch.linalg.inv(S) @ homography.to(torch.float64) @ S
+    from vsad.geometry import scale_homography
+
+    return scale_homography(homography.to(torch.float64), float(stride))
 
 
 @dataclass
