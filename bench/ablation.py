@@ -1,62 +1,108 @@
 """Accuracy ablations on the synthetic multi-view category of `vsad demo` (paper Tables 3 and 5):
-full VSAD vs "w/o MVAM" vs "w/o FRM" vs PatchKNN, and the MVAM window R sweep.
+full VSAD vs "w/o MVAM" vs "w/o FRM" vs PatchKNN, the MVAM window R sweep and scoring switches,
+over several seeds of the generator (mean ± standard deviation).
 
 Not a pytest file (each variant trains a model: ~1–2 minutes on 2 cores). Run:
-    python bench/ablation.py [--out ablation.json] [--variants full,no_mvam,...]
-Prints a Markdown table (the one in BENCHMARKS.md) and writes the metrics as JSON.
+    python bench/ablation.py [--seeds 0,1,2] [--variants full,no_mvam,...] [--out ablation.json]
+Prints Markdown tables (the ones in BENCHMARKS.md). Results are written to --out after every
+variant (atomically) and a rerun with the same --out skips what it already holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import time
+from pathlib import Path
 
 from vsad.data import make_category
-from vsad.detector import VSAD, PatchKNN, VSADConfig
+from vsad.detector import VSAD, PatchKNN, PatchKNNConfig, VSADConfig
 from vsad.detector.evaluate import evaluate_detector
-from vsad.eval import metrics_table
 
+# name -> (detector, config overrides)
 VARIANTS = {
-    "full": {},
-    "no_mvam": {"use_mvam": False},
-    "no_frm": {"use_frm": False},
-    "R1": {"window": 1},
-    "R2": {"window": 2},
-    "R4": {"window": 4},
-    "patchknn": None,
+    "full": ("VSAD", {}),
+    "no_mvam": ("VSAD", {"use_mvam": False}),
+    "no_frm": ("VSAD", {"use_frm": False}),
+    "R1": ("VSAD", {"window": 1}),
+    "R2": ("VSAD", {"window": 2}),
+    "R4": ("VSAD", {"window": 4}),
+    "patchknn": ("PatchKNN", {}),
+    # Scoring switches (DEVELOPERS.md): raw distances instead of per-position z-scores.
+    "full_raw": ("VSAD", {"normalization": "none", "feature_pool": 1}),
+    "patchknn_raw": ("PatchKNN", {"normalization": "none"}),
+    "inversion0": ("VSAD", {"inversion_steps": 0}),
     # Training length (not in the default list: steps500 alone trains ~5 minutes).
-    "steps1": {"train.steps": 1},
-    "steps20": {"train.steps": 20},
-    "steps500": {"train.steps": 500},
+    "steps1": ("VSAD", {"train.steps": 1}),
+    "steps20": ("VSAD", {"train.steps": 20}),
+    "steps300": ("VSAD", {"train.steps": 300}),
+    "steps500": ("VSAD", {"train.steps": 500}),
 }
 DEFAULT_VARIANTS = ("full", "no_mvam", "no_frm", "R1", "R2", "R4", "patchknn")
+SHOWN = ("S-AUROC", "V-AUROC", "P-AUROC", "AUPRO", "S-AP", "V-AP", "P-AP")
+
+
+def run_variant(name: str, category) -> dict:
+    kind, overrides = VARIANTS[name]
+    if kind == "PatchKNN":
+        detector = PatchKNN(PatchKNNConfig().with_overrides(overrides))
+        detector.fit(category.train, progress=False)
+    else:
+        detector = VSAD(VSADConfig().with_overrides(overrides))
+        detector.fit(category.train, homographies=category.homographies, progress=False)
+    return evaluate_detector(detector, category.test, progress=False)
+
+
+def summary_table(results: dict, names: list[str], seeds: list[int]) -> str:
+    """Mean ± standard deviation over seeds (percent) per variant."""
+    lines = ["| variant | " + " | ".join(SHOWN) + " |", "|---|" + "---|" * len(SHOWN)]
+    for name in names:
+        runs = [results[str(s)][name] for s in seeds if name in results.get(str(s), {})]
+        if not runs:
+            continue
+        cells = []
+        for key in SHOWN:
+            values = [100 * r[key] for r in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nMean ± standard deviation over seeds {seeds} (values in %).\n"
+
+
+def _save(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="ablation.json")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
-    category = make_category(n_train=40, n_test=40, seed=args.seed, name="demo")
-    results, seconds = {}, {}
-    for name in args.variants.split(","):
-        start = time.perf_counter()
-        overrides = VARIANTS[name]
-        if overrides is None:
-            detector = PatchKNN().fit(category.train, progress=False)
-        else:
-            config = VSADConfig().with_overrides(overrides)
-            detector = VSAD(config).fit(
-                category.train, homographies=category.homographies, progress=False
-            )
-        results[name] = evaluate_detector(detector, category.test, progress=False)
-        seconds[name] = time.perf_counter() - start
-        print(name, {k: round(v, 3) for k, v in results[name].items()}, flush=True)
-    print(metrics_table(results, mean=False))
-    with open(args.out, "w") as f:
-        json.dump({"metrics": results, "seconds": seconds, "seed": args.seed}, f, indent=2)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; known: {sorted(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    data = json.loads(out.read_text()) if out.is_file() else {"metrics": {}, "seconds": {}}
+    for seed in seeds:
+        category = make_category(n_train=40, n_test=40, seed=seed, name="demo")
+        done = data["metrics"].setdefault(str(seed), {})
+        for name in names:
+            if name in done:
+                continue
+            start = time.perf_counter()
+            done[name] = run_variant(name, category)
+            data["seconds"].setdefault(str(seed), {})[name] = time.perf_counter() - start
+            _save(out, data)
+            shown = {k: round(done[name][k], 3) for k in SHOWN[:4]}
+            print(f"seed {seed} {name} {shown}", flush=True)
+    print(summary_table(data["metrics"], names, seeds))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,25 @@ def test_predict_one_sample(benchmark, fitted, category, machine):
     for _ in range(runs):
         fitted.predict(sample, timings=timings)
     breakdown = {k: v / runs for k, v in timings.items()}
+    breakdown.update(fused_op_seconds(fitted, sample, runs))
     benchmark.extra_info.update(machine=machine, breakdown_seconds=breakdown)
     benchmark.pedantic(fitted.predict, args=(sample,), rounds=5, iterations=1)
+
+
+FUSED_OPS = ("vsad::window_attention_forward", "vsad::min_l2_local")
+
+
+def fused_op_seconds(detector, sample, runs: int) -> dict[str, float]:
+    """Seconds per predict inside the fused ops themselves (torch.profiler events; the "mvam"
+    stage also counts MVAM's 1×1 projections, "bank_search" the tensor reshuffling around)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            detector.predict(sample)
+    totals = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key in FUSED_OPS}
+    assert set(totals) == set(FUSED_OPS), f"profiler saw {sorted(totals)}"
+    return {f"op {name}": us * 1e-6 / runs for name, us in totals.items()}
 
 
 def test_patchknn_predict_one_sample(benchmark, category, machine):

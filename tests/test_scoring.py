@@ -111,3 +111,73 @@ def test_feature_bank_errors(rng):
         FeatureBanks("local", coreset_ratio=0.5)
     with pytest.raises(ValueError, match="mode: got 'near'"):
         FeatureBanks("near")
+
+
+def _leave_one_out_reference(train: torch.Tensor, per_view: bool, radius: int | None):
+    """train (S, M, D, h, w) -> μ, σ (M, h, w) of each sample's distances to the others."""
+    S, M = train.shape[:2]
+    loo = torch.empty(S, M, *train.shape[-2:], dtype=torch.float64)
+    for s in range(S):
+        others = torch.cat([train[:s], train[s + 1 :]])
+        for m in range(M):
+            pool = others[:, m] if per_view else others.flatten(0, 1)
+            loo[s, m] = _brute_force(pool, train[s, m], radius)
+    return loo.mean(0), loo.std(0)
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+@pytest.mark.parametrize("per_view", [True, False])
+def test_position_normalization_matches_leave_one_out(mode, per_view, rng):
+    levels = [(6, 5, 4), (3, 3, 7)]
+    train = [torch.randn(5, 3, *shape, generator=rng) for shape in levels]
+    banks = FeatureBanks(mode, radius=1, per_view=per_view, normalization="position")
+    banks.add([t[:2] for t in train])
+    banks.add([t[2:] for t in train])
+    banks.finalize()
+    queries = [torch.randn(2, 3, *shape, generator=rng) for shape in levels]
+    raw = banks.search(queries)
+    scores = banks.standardize(raw)
+    radius = 1 if mode == "local" else None
+    for t, d, z in zip(train, raw, scores, strict=True):
+        mean, std = _leave_one_out_reference(t, per_view, radius)
+        floor = 0.1 * std.mean() + 1e-6 * mean.abs().mean() + 1e-12
+        want = (d.double() - mean) / std.clamp_min(floor)
+        torch.testing.assert_close(z.double(), want, rtol=1e-4, atol=1e-4)
+    # The statistics travel with the bank file.
+    again = FeatureBanks.from_tensors(banks.settings(), banks.tensors())
+    for a, b in zip(scores, again.standardize(again.search(queries)), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_position_normalization_discounts_cells_that_vary_in_normal_samples(rng):
+    """The same deviation scores higher in a quiet cell than in a cell whose normal samples
+    already vary that much: the reason the default normalises per position."""
+    train = 0.05 * torch.randn(12, 1, 4, 6, 6, generator=rng) + 1.0
+    train[:, :, :, 1, 1] += torch.randn(12, 1, 4, generator=rng)  # a busy cell
+    banks = FeatureBanks("local", radius=0, normalization="position")
+    banks.add([train])
+    banks.finalize()
+    query = 0.05 * torch.randn(1, 1, 4, 6, 6, generator=rng) + 1.0
+    query[..., 1, 1] += 1.5
+    query[..., 4, 4] += 1.5  # the same deviation in a quiet cell
+    raw = banks.search([query])[0][0, 0]
+    z = banks.standardize([banks.search([query])[0]])[0][0, 0]
+    assert z[4, 4] > 3 * z[1, 1]
+    assert z[4, 4] == z.max()
+    assert raw[4, 4] > 0 and raw[1, 1] > 0
+
+
+def test_position_normalization_errors(rng):
+    with pytest.raises(ValueError, match="normalization: got 'pixel'"):
+        FeatureBanks("local", normalization="pixel")
+    banks = FeatureBanks("local", normalization="position")
+    banks.add([torch.randn(1, 2, 3, 4, 4, generator=rng)])
+    with pytest.raises(
+        ValueError, match="at least 2 training samples to estimate the normal variation, got 1"
+    ):
+        banks.finalize()
+    plain = FeatureBanks("local")
+    plain.add([torch.randn(1, 2, 3, 4, 4, generator=rng)])
+    plain.finalize()  # raw distances need no statistics
+    maps = plain.search([torch.randn(1, 2, 3, 4, 4, generator=rng)])
+    assert plain.standardize(maps) is maps

@@ -165,6 +165,7 @@ class BankDetector:
             per_view=c.bank_per_view,
             dtype=getattr(torch, c.bank_dtype),
             coreset_ratio=c.coreset_ratio,
+            normalization=c.normalization,
         )
 
     # -- prediction -----------------------------------------------------------------------
@@ -222,6 +223,7 @@ class BankDetector:
         with stage(timings, "bank_search"):
             distances = self.banks.search(features)
         with stage(timings, "scoring"):
+            distances = self.banks.standardize(distances)
             maps = combine_levels(distances, self.config.level_weights, self.view_size)
             maps = gaussian_smooth(maps, self.config.smoothing_sigma)
             view_scores, scores = view_and_sample_scores(maps)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vsad.memory.feature_banks import BANK_MODES
+from vsad.memory.feature_banks import BANK_MODES, NORMALIZATIONS
 from vsad.model.training import TrainConfig
 from vsad.model.view_aligned_unet import PLACEMENTS
 
@@ -27,6 +27,9 @@ class DetectorConfig:
     bank_dtype: str = "float32"
     coreset_ratio: float | None = None  # global mode only
     level_weights: list[float] | None = None  # w_l of eq. 12; None = equal weights
+    # "position": each level's distances become z-scores against the normal variation of their
+    # view and cell (leave-one-out over the training samples) before eq. 12; "none": raw.
+    normalization: str = "position"
     feature_pool: int = 3  # average features over pool×pool cells before the bank (PatchCore)
     smoothing_sigma: float = 4.0  # Gaussian σ of the final maps, in view pixels; 0 = off
     batch_size: int = 4  # samples per inference batch
@@ -36,6 +39,7 @@ class DetectorConfig:
         _positive(self, "image_size", "batch_size", "feature_pool")
         _choice(self, "bank_mode", BANK_MODES)
         _choice(self, "bank_dtype", BANK_DTYPE_NAMES)
+        _choice(self, "normalization", NORMALIZATIONS)
         if not isinstance(self.bank_radius, int) or self.bank_radius < 0:
             raise ValueError(f"bank_radius: got {self.bank_radius!r}, expected an integer >= 0")
         if self.coreset_ratio is not None and self.bank_mode == "local":
@@ -119,7 +123,6 @@ class VSADConfig(DetectorConfig):
     inversion_steps: int = 4  # DDIM inversion steps before reading the features
     t_end: int = 200  # timestep the inversion reaches
     feature_levels: list[int] = field(default_factory=lambda: [-2, -1])  # decoder levels
-    feature_pool: int = 1  # diffusion features already mix neighbours; pooling measured worse
 
     def __post_init__(self) -> None:
         super().__post_init__()

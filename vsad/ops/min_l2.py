@@ -242,8 +242,10 @@ def min_l2_local(
     _check_bank_norms(norms)
     dist = new_output((B, H, W), torch.float32, q.device)
     index = new_output((B, H, W), torch.int64, q.device)
-    require_cpp().min_l2_local(
-        q.data_ptr(), b.data_ptr(), BANK_DTYPES[b.dtype], norms.data_ptr(), B, S, H, W, D,
-        radius, dist.data_ptr(), index.data_ptr(), torch.get_num_threads(),
-    )  # fmt: skip
+    # Named in torch.profiler traces like the custom ops (bench/test_model.py sums its time).
+    with torch.profiler.record_function("vsad::min_l2_local"):
+        require_cpp().min_l2_local(
+            q.data_ptr(), b.data_ptr(), BANK_DTYPES[b.dtype], norms.data_ptr(), B, S, H, W, D,
+            radius, dist.data_ptr(), index.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
     return dist, index
