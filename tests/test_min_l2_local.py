@@ -106,3 +106,79 @@ def test_bad_input(rng):
     bad[1, 2, 3, 4] = float("nan")
     with pytest.raises(ValueError, match="bank: row 27 contains NaN or Inf"):
         min_l2_local(q, bad, backend="cpp")
+
+
+# The cpp kernel works on blocks of 8 bank samples and 8 features (a pipelined loop when D is a
+# multiple of 8, a per-block one otherwise, a portable loop below D = 8) and groups of up to 13
+# window queries: these shapes cover every path, partial blocks and several query groups.
+@pytest.mark.parametrize(
+    "B, S, H, W, D, radius",
+    [
+        (1, 40, 7, 6, 48, 2),  # pipelined, 5 full sample blocks, 1-2 query groups
+        (4, 9, 5, 5, 32, 2),  # a 1-sample block, up to 8 query groups
+        (2, 17, 6, 4, 33, 1),  # D % 8 == 1: masked last feature block
+        (1, 12, 4, 5, 7, 2),  # D < 8: portable loop on every ISA
+        (3, 8, 3, 3, 16, 5),  # radius larger than the map
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_block_shapes_and_bank_dtypes(B, S, H, W, D, radius, dtype, rng):
+    q = torch.randn(B, H, W, D, generator=rng)
+    bank = torch.randn(S, H, W, D, generator=rng).to(dtype)
+    dist, index = min_l2_local(q, bank, radius=radius, backend="cpp")
+    want, allowed = brute_force_local(q, bank.float(), radius)
+    torch.testing.assert_close(dist.double(), want, atol=2e-3, rtol=1e-4)
+    assert allowed.gather(-1, index.unsqueeze(-1)).all(), "index outside the allowed window"
+
+
+def _supported_isas():
+    from vsad._extension import _C
+
+    return _C.supported_isas()
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("D", [24, 21])
+def test_full_window_is_bitwise_the_global_search(isa, D, rng):
+    """A window covering the whole map sees every bank row: each <q, b> is the same sequential
+    FMA chain as in min_l2, so distances and indices are identical, not just close."""
+    from vsad._extension import _C
+    from vsad.ops import min_l2
+
+    if isa not in _supported_isas():
+        pytest.skip(f"this CPU does not support {isa}")
+    B, S, H, W = 2, 11, 4, 5
+    q = torch.randn(B, H, W, D, generator=rng)
+    bank = torch.randn(S, H, W, D, generator=rng)
+    bank[7] = bank[2]  # exact duplicates: ties go to the lower row in both searches
+    q[1, 2, 3] = bank[2, 0, 1]  # an exact match
+    previous = _C.active_isa()
+    try:
+        _C.set_isa(isa)
+        dist, index = min_l2_local(q, bank, radius=max(H, W), backend="cpp")
+        want_dist, want_index = min_l2(q.reshape(-1, D), bank.reshape(-1, D), backend="cpp")
+    finally:
+        _C.set_isa(previous)
+    assert torch.equal(index.reshape(-1), want_index)
+    assert torch.equal(dist.reshape(-1), want_dist)
+    assert dist[1, 2, 3].item() == 0.0  # ||q||^2 + ||b||^2 - 2<q, b> cancels exactly
+    assert index[1, 2, 3].item() == 2 * H * W + 0 * W + 1
+
+
+def test_ties_across_blocks_and_positions_go_to_the_lowest_flat_row(rng):
+    S, H, W, D = 20, 5, 5, 16
+    q = torch.randn(1, H, W, D, generator=rng)
+    bank = torch.randn(S, H, W, D, generator=rng)
+    # The same row stored at (sample 17, position 12) and (sample 3, position 14), in different
+    # sample blocks, and again at (sample 9, position 12): the query at position 13 sees all
+    # three within radius 1 and must take the lowest flat index, 3·25 + 14 = 89, although
+    # position 12 is visited first.
+    row = torch.randn(D, generator=rng)
+    for s, p in ((17, 12), (3, 14), (9, 12)):
+        bank[s, p // W, p % W] = row
+    q[0, 13 // W, 13 % W] = row
+    dist, index = min_l2_local(q, bank, radius=1, backend="cpp")
+    assert index[0, 13 // W, 13 % W].item() == 3 * H * W + 14
+    assert dist[0, 13 // W, 13 % W].item() == 0.0
+    _, ref_index = min_l2_local_reference(q, bank, radius=1)
+    assert ref_index[0, 13 // W, 13 % W].item() == 3 * H * W + 14
