@@ -160,11 +160,9 @@ def test_position_normalization_discounts_cells_that_vary_in_normal_samples(rng)
     query = 0.05 * torch.randn(1, 1, 4, 6, 6, generator=rng) + 1.0
     query[..., 1, 1] += 1.5
     query[..., 4, 4] += 1.5  # the same deviation in a quiet cell
-    raw = banks.search([query])[0][0, 0]
-    z = banks.standardize([banks.search([query])[0]])[0][0, 0]
+    z = banks.standardize(banks.search([query]))[0][0, 0]
     assert z[4, 4] > 3 * z[1, 1]
     assert z[4, 4] == z.max()
-    assert raw[4, 4] > 0 and raw[1, 1] > 0
 
 
 def test_position_normalization_errors(rng):

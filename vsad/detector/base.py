@@ -35,7 +35,9 @@ BANK_FILE = "bank.safetensors"
 class Prediction:
     """Anomaly maps and scores of one multi-view sample.
 
-    maps:        (M, H, W) float32, one pixel map per view at the view's own size (eq. 12).
+    maps:        (M, H, W) float32, one pixel map per view at the view's own size (eq. 12);
+                 with normalization="position" (default) in units of the normal variation
+                 of each view and cell (z-scores).
     view_scores: (M,) the maximum of each map.
     score:       the sample score, the maximum over views.
     """
