@@ -44,6 +44,12 @@ struct QueryScratch {
   T* coefs = nullptr;               // RR+G
   T* row_terms = nullptr;           // heads
   int64_t* flat = nullptr;          // N*RR: logits offsets of all valid candidates of the query
+  T* soft = nullptr;                // N*RR: one head's valid logits, gathered for the softmax
+  // Per-candidate constants (column, row, top-left grid pixel), tabulated once: the divisions by
+  // a run-time R were a visible share of the per-query cost.
+  int64_t* cand_x = nullptr;        // RR: r % R
+  int64_t* cand_y = nullptr;        // RR: r / R
+  int64_t* corner = nullptr;        // RR: (r / R) * (R + 1) + r % R
 
   QueryScratch(int64_t N, int64_t R, int64_t heads) {
     const int64_t G = (R + 1) * (R + 1), RR = R * R;
@@ -62,12 +68,21 @@ struct QueryScratch {
     coefs = alloc<T>(RR + G);
     row_terms = alloc<T>(heads);
     flat = alloc<int64_t>(N * RR);
+    soft = alloc<T>(N * RR);
+    cand_x = alloc<int64_t>(RR);
+    cand_y = alloc<int64_t>(RR);
+    corner = alloc<int64_t>(RR);
+    for (int64_t r = 0; r < RR; ++r) {
+      cand_x[r] = r % R;
+      cand_y[r] = r / R;
+      corner[r] = cand_y[r] * (R + 1) + cand_x[r];
+    }
   }
   ~QueryScratch() {
     std::free(grid); std::free(valid); std::free(active); std::free(frac); std::free(logits);
     std::free(gdot); std::free(coef_a); std::free(coef_b); std::free(idx); std::free(cand);
     std::free(pos_dot); std::free(rows); std::free(coefs); std::free(row_terms);
-    std::free(flat);
+    std::free(flat); std::free(soft); std::free(cand_x); std::free(cand_y); std::free(corner);
   }
   template <typename U>
   static U* alloc(int64_t n) {
@@ -107,9 +122,23 @@ bool build_geometry(const WindowAttentionArgs<T>& a, int64_t b, int64_t i, int64
     if (!(bx <= xmax && bx + double(R - 1) >= 0.0 && by <= ymax && by + double(R - 1) >= 0.0))
       continue;  // whole window outside the image (also rejects NaN)
     const double x0 = std::floor(bx), y0 = std::floor(by);
+    const int64_t ix0 = int64_t(x0), iy0 = int64_t(y0);
+    const int64_t view_base = (b * a.M + j) * a.H * a.W;
+    s.frac[2 * n] = T(bx - x0);
+    s.frac[2 * n + 1] = T(by - y0);
+    if (ix0 >= 0 && iy0 >= 0 && ix0 + R <= a.W - 1 && iy0 + R <= a.H - 1) {
+      // Interior window (the common case): every candidate is valid and every grid pixel inside.
+      std::memset(valid, 1, size_t(RR));
+      for (int64_t gy = 0; gy <= R; ++gy)
+        for (int64_t gx = 0; gx <= R; ++gx)
+          grid[gy * (R + 1) + gx] = (view_base + (iy0 + gy) * a.W + ix0 + gx) * a.C;
+      s.active[n] = 1;
+      any = true;
+      continue;
+    }
     bool slot_any = false;
     for (int64_t r = 0; r < RR; ++r) {
-      const double sx = bx + double(r % R), sy = by + double(r / R);
+      const double sx = bx + double(s.cand_x[r]), sy = by + double(s.cand_y[r]);
       const bool ok = sx >= 0.0 && sx <= xmax && sy >= 0.0 && sy <= ymax;
       valid[r] = ok;
       slot_any |= ok;
@@ -117,15 +146,11 @@ bool build_geometry(const WindowAttentionArgs<T>& a, int64_t b, int64_t i, int64
     if (!slot_any) continue;
     s.active[n] = 1;
     any = true;
-    s.frac[2 * n] = T(bx - x0);
-    s.frac[2 * n + 1] = T(by - y0);
-    const int64_t view_base = (b * a.M + j) * a.H * a.W;
-    const int64_t ix0 = int64_t(x0), iy0 = int64_t(y0);
     // Mark the grid pixels some valid candidate reads; pixels outside the image stay -1 (they
     // only ever carry a zero or rounding-level weight, as grid_sample's zero padding).
     for (int64_t r = 0; r < RR; ++r) {
       if (!valid[r]) continue;
-      const int64_t ca = r % R, cb = r / R;
+      const int64_t ca = s.cand_x[r], cb = s.cand_y[r];
       for (int64_t dy = 0; dy < 2; ++dy)
         for (int64_t dx = 0; dx < 2; ++dx) {
           const int64_t X = ix0 + ca + dx, Y = iy0 + cb + dy;
@@ -178,11 +203,6 @@ inline T bilinear(const T* gd, int64_t g, int64_t R, int64_t heads, const T* w) 
          w[3] * gd[(g + R + 2) * heads];
 }
 
-template <typename T>
-inline int64_t grid_corner(int64_t r, int64_t R) {
-  return (r / R) * (R + 1) + r % R;
-}
-
 // Fills s.logits with scale * <q_h, k_h(s) + pos_k[n, r]_h> for every valid candidate.
 template <typename T>
 void compute_logits(const WindowAttentionArgs<T>& a, const T* q, QueryScratch<T>& s) {
@@ -199,7 +219,7 @@ void compute_logits(const WindowAttentionArgs<T>& a, const T* q, QueryScratch<T>
       dot_many(q + h * d, s.rows, nv, d, s.pos_dot);
       for (int64_t t = 0; t < nv; ++t) {
         const int64_t r = s.cand[t];
-        const T kq = bilinear(s.gdot + h, grid_corner<T>(r, R), R, heads, w);
+        const T kq = bilinear(s.gdot + h, s.corner[r], R, heads, w);
         s.logits[(n * RR + r) * heads + h] = scale * (kq + s.pos_dot[t]);
       }
     }
@@ -240,14 +260,12 @@ void forward_query(const WindowAttentionForward<T>& a, int64_t b, int64_t i, int
     T* l = s.logits + h;
     T m = l[s.flat[0]];
     for (int64_t t = 1; t < nvalid; ++t) m = l[s.flat[t]] > m ? l[s.flat[t]] : m;
+    for (int64_t t = 0; t < nvalid; ++t) s.soft[t] = l[s.flat[t]] - m;
+    exp_inplace(s.soft, nvalid);
     T sum = 0;
-    for (int64_t t = 0; t < nvalid; ++t) {
-      const T e = std::exp(l[s.flat[t]] - m);
-      l[s.flat[t]] = e;
-      sum += e;
-    }
+    for (int64_t t = 0; t < nvalid; ++t) sum += s.soft[t];
     const T inv = T(1) / sum;
-    for (int64_t t = 0; t < nvalid; ++t) l[s.flat[t]] *= inv;
+    for (int64_t t = 0; t < nvalid; ++t) l[s.flat[t]] = s.soft[t] * inv;
     lse[h] = m + std::log(sum);
   }
 
@@ -265,7 +283,7 @@ void forward_query(const WindowAttentionForward<T>& a, int64_t b, int64_t i, int
       for (int64_t t = 0; t < nv; ++t) {
         const int64_t r = s.cand[t];
         const T al = s.logits[(n * RR + r) * heads + h];
-        spread(s.coef_a, grid_corner<T>(r, R), R, al, w);
+        spread(s.coef_a, s.corner[r], R, al, w);
         s.rows[count] = a.pos_v + (n * RR + r) * a.C + h * d;
         s.coefs[count++] = al;
       }
@@ -327,7 +345,7 @@ void backward_query(const WindowAttentionBackward<T>& a, int64_t b, int64_t i, i
       zero(s.coef_b, G);  // d loss / d v(pixel), per unit dout
       int64_t count = 0;
       for (int64_t t = 0; t < nv; ++t) {
-        const int64_t r = s.cand[t], c = n * RR + r, g = grid_corner<T>(r, R);
+        const int64_t r = s.cand[t], c = n * RR + r, g = s.corner[r];
         const T al = std::exp(s.logits[c * heads + h] - lse[h]);
         const T dalpha = bilinear(s.gdot + h, g, R, heads, w) + s.pos_dot[t];
         const T gs = scale * al * (dalpha - D[h]);  // d loss / d <q, k + pos_k>
