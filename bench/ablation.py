@@ -34,6 +34,9 @@ VARIANTS = {
     "full_raw": ("VSAD", {"normalization": "none", "feature_pool": 1}),
     "patchknn_raw": ("PatchKNN", {"normalization": "none"}),
     "inversion0": ("VSAD", {"inversion_steps": 0}),
+    # Per-view noise levels in training (a reason for MVAM to read the neighbours).
+    "indep_t": ("VSAD", {"train.view_timesteps": "independent"}),
+    "indep_t_no_mvam": ("VSAD", {"train.view_timesteps": "independent", "use_mvam": False}),
     # Training length (not in the default list: steps500 alone trains ~5 minutes).
     "steps1": ("VSAD", {"train.steps": 1}),
     "steps20": ("VSAD", {"train.steps": 20}),

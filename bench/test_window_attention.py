@@ -14,11 +14,16 @@ from conftest import peak_extra_rss_mib
 
 from vsad.ops import window_attention
 
-# Registry: shapes × providers × modes. B=1, M=5 views, 2 neighbours (ring), R=3, head dim 64.
+# Registry: shapes × providers × modes. B=1, M=5 views, 2 neighbours (ring), R=3, head dim 64
+# unless "heads" says otherwise. The first three are SD-sized levels (the shapes); the
+# "model" ones are the three MVAM calls of one pass of the default tiny UNet (head dim 32).
 SHAPES = {
     "C320-32x32": {"C": 320, "H": 32, "W": 32},
     "C640-16x16": {"C": 640, "H": 16, "W": 16},
     "C128-64x64": {"C": 128, "H": 64, "W": 64},
+    "model-C64h2-16x16": {"C": 64, "H": 16, "W": 16, "heads": 2},
+    "model-C64h2-32x32": {"C": 64, "H": 32, "W": 32, "heads": 2},
+    "model-C32h1-32x32": {"C": 32, "H": 32, "W": 32, "heads": 1},
 }
 PROVIDERS = ("reference", "cpp")
 MODES = ("forward", "forward+backward")
@@ -65,8 +70,8 @@ def reference_result(shape, inputs, heads):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_window_attention(benchmark, machine, fp32_gemm_gflops, shape, provider, mode):
-    dims = SHAPES[shape]
-    heads = max(dims["C"] // 64, 1)
+    dims = dict(SHAPES[shape])
+    heads = dims.pop("heads", max(dims["C"] // 64, 1))
     inputs = make_inputs(**dims)
     backward = mode == "forward+backward"
 

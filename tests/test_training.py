@@ -80,11 +80,28 @@ def test_refine_loss_is_zero_for_consistent_views_only_in_warped_mode(rng):
         refine_loss([feat], hom, neighbors, 6, mode="exact")
 
 
+@pytest.mark.parametrize("mode", ["shared", "independent"])
+def test_view_timesteps_shared_or_per_view(mode, rng):
+    trainer = make_trainer(rng, view_timesteps=mode)
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    B = 64
+    trainer.losses(torch.randn(B, M, 4, 8, 8, generator=rng), torch.Generator().manual_seed(3))
+    (t,) = seen
+    per_sample = t.reshape(B, M)
+    # Views drawn independently from 1000 levels coincide by chance with probability ~1e-6.
+    shared_samples = int((per_sample == per_sample[:, :1]).all(dim=1).sum())
+    assert shared_samples == (B if mode == "shared" else 0)
+    assert len(set(per_sample[:, 0].tolist())) > B // 2, "samples must get different levels"
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="steps: got 0"):
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="refine_mode: got 'x'"):
         TrainConfig(refine_mode="x")
+    with pytest.raises(ValueError, match="view_timesteps: got 'per_pixel'"):
+        TrainConfig(view_timesteps="per_pixel")
 
 
 def test_feature_extraction_by_ddim_inversion(rng):

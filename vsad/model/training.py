@@ -14,6 +14,8 @@ from torch import nn
 from vsad.model.losses import REFINE_MODES, refine_loss
 from vsad.model.view_aligned_unet import ViewAlignedUNet
 
+VIEW_TIMESTEPS = ("shared", "independent")
+
 
 @dataclass
 class TrainConfig:
@@ -27,11 +29,19 @@ class TrainConfig:
     num_train_timesteps: int = 1000
     checkpoint_every: int = 100
     seed: int = 0
+    # "shared": one noise level per sample for all its views (the paper's setting, one scene);
+    # "independent": one per view, so a noisy view can learn from a cleaner neighbour via MVAM
+    # (measured: MVAM then helps on every seed, but the model is less accurate overall; BENCHMARKS).
+    view_timesteps: str = "shared"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: got {getattr(self, name)}, expected >= 1")
+        if self.view_timesteps not in VIEW_TIMESTEPS:
+            raise ValueError(
+                f"view_timesteps: got {self.view_timesteps!r}, expected one of {VIEW_TIMESTEPS}"
+            )
         if self.refine_mode not in REFINE_MODES:
             raise ValueError(
                 f"refine_mode: got {self.refine_mode!r}, expected one of {REFINE_MODES}"
@@ -89,9 +99,11 @@ class VALDMTrainer:
         """(total, denoise, refine) for clean latents (B, M, C, h, w)."""
         B, M = latents.shape[:2]
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
-        # One timestep per sample, shared by its views: they are noised as one scene.
-        t = torch.randint(0, self.config.num_train_timesteps, (B,), generator=generator)
-        t = t.repeat_interleave(M)
+        T = self.config.num_train_timesteps
+        if self.config.view_timesteps == "shared":  # the views are noised as one scene
+            t = torch.randint(0, T, (B,), generator=generator).repeat_interleave(M)
+        else:
+            t = torch.randint(0, T, (B * M,), generator=generator)
         noisy = self.scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), t)
         text = self.null_text.expand(B * M, -1, -1)
         pred, features = self.model(
