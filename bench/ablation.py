@@ -34,6 +34,8 @@ VARIANTS = {
     "full_raw": ("VSAD", {"normalization": "none", "feature_pool": 1}),
     "patchknn_raw": ("PatchKNN", {"normalization": "none"}),
     "inversion0": ("VSAD", {"inversion_steps": 0}),
+    # Feature levels: only the finest decoder level (32² at the default size).
+    "finest": ("VSAD", {"feature_levels": [-1]}),
     # Per-view noise levels in training (a reason for MVAM to read the neighbours).
     "indep_t": ("VSAD", {"train.view_timesteps": "independent"}),
     "indep_t_no_mvam": ("VSAD", {"train.view_timesteps": "independent", "use_mvam": False}),
