@@ -113,6 +113,30 @@ def test_float32_against_float64_reference(rng):
     assert_matches_reference(case, 4, rng, atol=2e-5, rtol=1e-4, ref_dtype=torch.float64)
 
 
+# float32 has its own AVX-512 code (fixed 8-row dot blocks, 16/32/64-lane accumulation blocks, a
+# vector exp): head dims 32, 64, 160 = 64+64+32, 116 = 64+32+16+4 and 16 reach every block and
+# the masked tail; H x W = 9 x 11 with shifted views mixes interior windows (fast path) and
+# windows cut by the border; R = 1..4 gives odd and even row counts.
+@pytest.mark.parametrize("window", [1, 2, 3, 4])
+@pytest.mark.parametrize("C,heads", [(64, 2), (64, 1), (160, 1), (116, 1), (48, 3)])
+def test_float32_head_dims_against_float64_reference(C, heads, window, rng):
+    case = make_case(rng, B=1, M=3, H=9, W=11, C=C, window=window, dtype=torch.float32)
+    assert_matches_reference(case, heads, rng, atol=5e-5, rtol=1e-4, ref_dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_in_a_key_propagates_like_the_reference(dtype, rng):
+    # One NaN key pixel makes NaN logits for only some candidates of the queries that read it; a
+    # softmax that clamped them to a finite weight would return finite outputs there.
+    case = make_case(rng, B=1, M=3, H=6, W=7, C=32, dtype=dtype)
+    case["k"][0, 1, 2, 3, 5] = float("nan")
+    got = cpp(**case, heads=1)
+    want = window_attention_reference(**case, heads=1)
+    torch.testing.assert_close(got, want, equal_nan=True, atol=1e-5, rtol=1e-4)
+    nan_queries = torch.isnan(got).any(dim=-1)
+    assert 0 < int(nan_queries.sum()) < nan_queries.numel()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_are_accepted_and_accumulate_in_float32(dtype, rng):
     case = make_case(rng, B=1, M=3, H=5, W=6, C=16, dtype=dtype)

@@ -33,8 +33,10 @@ inline void exp_inplace(T* x, int64_t n) {
 // and it underflows gracefully to 0 for very negative x). Within 2 ulp of std::exp; the scalar
 // libm call per candidate was a fifth of the forward pass at small C.
 inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  x = _mm512_min_ps(x, _mm512_set1_ps(88.7f));
+  // Operand order matters: max/min return their second operand when either is NaN, so a NaN
+  // logit stays NaN (as std::exp would give) instead of being clamped to a finite value.
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(88.7f), x);
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
