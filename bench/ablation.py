@@ -36,6 +36,9 @@ VARIANTS = {
     "inversion0": ("VSAD", {"inversion_steps": 0}),
     # Feature levels: only the finest decoder level (32² at the default size).
     "finest": ("VSAD", {"feature_levels": [-1]}),
+    # A 10× weight on L_refine (λ = 1): more pull towards cross-view-consistent features.
+    "refine1": ("VSAD", {"train.refine_weight": 1.0}),
+    "refine1_no_mvam": ("VSAD", {"train.refine_weight": 1.0, "use_mvam": False}),
     # Per-view noise levels in training (a reason for MVAM to read the neighbours).
     "indep_t": ("VSAD", {"train.view_timesteps": "independent"}),
     "indep_t_no_mvam": ("VSAD", {"train.view_timesteps": "independent", "use_mvam": False}),
