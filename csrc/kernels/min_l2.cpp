@@ -785,42 +785,29 @@ void score_position_pipelined(const MinL2LocalArgs& a, const SampleBlock& w) {
 // within the 32 vector registers (9 to 13 measured the same; 12 spills fewer query pointers).
 constexpr int64_t kMaxQueries = 12;
 
+// Calls f(std::integral_constant<int, K>) with K = min(n, kMaxQueries), n >= 1: the query
+// count becomes a compile-time constant so the accumulators live in registers.
+template <int K = 1, typename F>
+inline void with_query_count(int64_t n, F&& f) {
+  if constexpr (K == kMaxQueries) {
+    f(std::integral_constant<int, K>{});
+  } else {
+    if (n <= K) f(std::integral_constant<int, K>{});
+    else with_query_count<K + 1>(n, f);
+  }
+}
+
 template <BankType T>
 void score_block_dispatch(const MinL2LocalArgs& a, const SampleBlock& c) {
-  switch (c.mq) {
-    case 1: score_block_avx512<T, 1>(a, c); break;
-    case 2: score_block_avx512<T, 2>(a, c); break;
-    case 3: score_block_avx512<T, 3>(a, c); break;
-    case 4: score_block_avx512<T, 4>(a, c); break;
-    case 5: score_block_avx512<T, 5>(a, c); break;
-    case 6: score_block_avx512<T, 6>(a, c); break;
-    case 7: score_block_avx512<T, 7>(a, c); break;
-    case 8: score_block_avx512<T, 8>(a, c); break;
-    case 9: score_block_avx512<T, 9>(a, c); break;
-    case 10: score_block_avx512<T, 10>(a, c); break;
-    case 11: score_block_avx512<T, 11>(a, c); break;
-    default: score_block_avx512<T, 12>(a, c); break;
-  }
+  with_query_count(c.mq, [&](auto mq) { score_block_avx512<T, decltype(mq)::value>(a, c); });
 }
 
 // Queries split evenly into groups of at most kMaxQueries: 25 -> 3 x 9, 100 -> 9 x 12.
 template <BankType T>
 void score_position_pipelined_dispatch(const MinL2LocalArgs& a, const SampleBlock& w) {
   const int64_t groups = (w.mq + kMaxQueries - 1) / kMaxQueries;
-  switch ((w.mq + groups - 1) / groups) {
-    case 1: score_position_pipelined<T, 1>(a, w); break;
-    case 2: score_position_pipelined<T, 2>(a, w); break;
-    case 3: score_position_pipelined<T, 3>(a, w); break;
-    case 4: score_position_pipelined<T, 4>(a, w); break;
-    case 5: score_position_pipelined<T, 5>(a, w); break;
-    case 6: score_position_pipelined<T, 6>(a, w); break;
-    case 7: score_position_pipelined<T, 7>(a, w); break;
-    case 8: score_position_pipelined<T, 8>(a, w); break;
-    case 9: score_position_pipelined<T, 9>(a, w); break;
-    case 10: score_position_pipelined<T, 10>(a, w); break;
-    case 11: score_position_pipelined<T, 11>(a, w); break;
-    default: score_position_pipelined<T, 12>(a, w); break;
-  }
+  with_query_count((w.mq + groups - 1) / groups,
+                   [&](auto mq) { score_position_pipelined<T, decltype(mq)::value>(a, w); });
 }
 #endif
 
