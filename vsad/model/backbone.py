@@ -3,6 +3,7 @@ Stable Diffusion 2 folder in diffusers layout. Nothing is ever downloaded."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from torch import nn
@@ -22,6 +23,11 @@ TINY_UNET = {
 }
 
 SD_PARTS = {"unet": "config.json", "vae": "config.json"}
+# Plain (unsuffixed) weights, single-file or sharded; anything else is a variant like .fp16.
+WEIGHT_FILES = tuple(
+    f"diffusion_pytorch_model.{ext}" for ext in
+    ("safetensors", "bin", "safetensors.index.json", "bin.index.json")
+)  # fmt: skip
 
 
 def build_tiny_unet(**overrides) -> nn.Module:
@@ -47,6 +53,32 @@ def load_stable_diffusion(folder: str | Path) -> tuple[nn.Module, nn.Module]:
                 f"diffusers layout with subfolders {sorted(SD_PARTS)} (e.g. a local copy of "
                 f"stabilityai/stable-diffusion-2-base saved with save_pretrained)"
             )
-    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True)
+    kwargs = {"local_files_only": True}
+    if importlib.util.find_spec("accelerate") is None:
+        # Without accelerate diffusers warns on every load and falls back to this anyway.
+        kwargs["low_cpu_mem_usage"] = False
+    unet = UNet2DConditionModel.from_pretrained(
+        root, subfolder="unet", variant=_weights_variant(root / "unet"), **kwargs
+    )
+    vae = AutoencoderKL.from_pretrained(
+        root, subfolder="vae", variant=_weights_variant(root / "vae"), **kwargs
+    )
+    # Half-precision downloads are common; the CPU kernels compute in float32 anyway.
+    unet, vae = unet.float(), vae.float()
     return unet, vae
+
+
+def _weights_variant(part: Path) -> str | None:
+    """None when the folder holds the plain weights file (diffusion_pytorch_model.safetensors
+    or .bin), else the variant of the only weights present (e.g. "fp16" for
+    diffusion_pytorch_model.fp16.safetensors, as some Stable Diffusion copies ship)."""
+    names = [p.name for p in part.glob("diffusion_pytorch_model*")]
+    if any(name in names for name in WEIGHT_FILES):
+        return None
+    variants = sorted({name.split(".")[1] for name in names if name.count(".") == 2})
+    if not variants:
+        raise FileNotFoundError(
+            f"stable diffusion folder: no weights in {part}; expected one of {WEIGHT_FILES} "
+            f"(or a variant such as diffusion_pytorch_model.fp16.safetensors)"
+        )
+    return "fp32" if "fp32" in variants else variants[0]
