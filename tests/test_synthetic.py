@@ -206,6 +206,9 @@ def test_masks_agree_across_views_through_the_homographies():
             H = category.homographies[i, j]
             warped = _warp_into(sample.masks[i].astype(np.uint8), H, (96, 96), cv2.INTER_NEAREST)
             warped = (warped > 0) & _valid_region(np.linalg.inv(H), (96, 96), margin=1)
+            # View j's outermost pixel ring is left out: a defect cut by the image edge is
+            # rendered with partial coverage there (seen: 1 of 33 pixels off at row 0).
+            warped[[0, -1], :] = warped[:, [0, -1]] = False
             if warped.sum() < 5:
                 continue
             near_j = cv2.dilate(sample.masks[j].astype(np.uint8), np.ones((3, 3), np.uint8)) > 0

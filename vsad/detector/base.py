@@ -295,7 +295,10 @@ class BankDetector:
             raise ValueError(f"{meta_path}: unknown detector {kind!r}, expected {list(DETECTORS)}")
         if cls is not BankDetector and target is not cls:
             raise ValueError(f"{meta_path}: holds a {kind} detector, not a {cls.kind}")
-        detector = target(target.config_class.from_dict(meta["config"]))
+        config_class = target.config_class
+        detector = target(
+            config_class.from_dict({**config_class.LEGACY_DEFAULTS, **meta["config"]})
+        )
         detector.num_views, detector.view_size = meta["num_views"], tuple(meta["view_size"])
         weights = directory / WEIGHTS_FILE
         detector._load_state(load_file(weights) if weights.is_file() else {}, meta)

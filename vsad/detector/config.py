@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from vsad.memory.feature_banks import BANK_MODES, NORMALIZATIONS
 from vsad.model.training import TrainConfig
@@ -19,6 +19,10 @@ BANK_DTYPE_NAMES = ("float32", "float16", "bfloat16")
 @dataclass
 class DetectorConfig:
     """What every detector shares: input size, the memory bank and scoring (eq. 12)."""
+
+    #: Keys added after models were first saved, with the value that reproduces a saved model
+    #: that lacks them (BankDetector.load); user config files get the current defaults.
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     image_size: int = 128  # every view is resized to image_size² before feature extraction
     bank_mode: str = "local"  # "local" (±bank_radius cells) or "global"
@@ -104,6 +108,8 @@ class VSADConfig(DetectorConfig):
     `stable_diffusion` to a local Stable Diffusion 2 folder (diffusers layout) to start from its
     UNet (and VAE with encoder="vae")."""
 
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"view_fusion": 0.0}
+
     encoder: str = "unshuffle"  # "unshuffle" (lossless f×f patches) or "vae"
     unshuffle_factor: int = 4
     stable_diffusion: str | None = None
@@ -123,6 +129,9 @@ class VSADConfig(DetectorConfig):
     inversion_steps: int = 4  # DDIM inversion steps before reading the features
     t_end: int = 200  # timestep the inversion reaches
     feature_levels: list[int] = field(default_factory=lambda: [-2, -1])  # decoder levels
+    # Weight of the neighbours' homography-warped features in each view's scored features
+    # (vsad.model.view_fusion; beyond the paper, measured in BENCHMARKS.md); 0 = off.
+    view_fusion: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,6 +147,12 @@ class VSADConfig(DetectorConfig):
             raise ValueError(f"train: got {type(self.train).__name__}, expected a TrainConfig")
         if not self.feature_levels:
             raise ValueError("feature_levels: got an empty list, expected decoder level indices")
+        if (
+            isinstance(self.view_fusion, bool)
+            or not isinstance(self.view_fusion, (int, float))
+            or not 0 <= self.view_fusion < float("inf")
+        ):
+            raise ValueError(f"view_fusion: got {self.view_fusion!r}, expected a number >= 0")
         if self.inversion_steps < 0:
             raise ValueError(f"inversion_steps: got {self.inversion_steps}, expected >= 0")
         if self.image_size % (8 * self.unshuffle_factor) and self.encoder == "unshuffle":

@@ -17,6 +17,7 @@ from vsad.model.inference import extract_features
 from vsad.model.latent import PixelUnshuffleEncoder, VAEEncoder
 from vsad.model.training import VALDMTrainer
 from vsad.model.view_aligned_unet import ViewAlignedUNet
+from vsad.model.view_fusion import fuse_views
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,18 @@ class VSAD(BankDetector):
         finally:
             for hook in hooks:
                 hook.remove()
-        return [features[level] for level in self._levels()]
+        chosen = [features[level] for level in self._levels()]
+        with stage(timings, "fusion"):
+            return [
+                fuse_views(
+                    feat,
+                    hom,
+                    neighbors,
+                    latent_height=latents.shape[-2],
+                    weight=self.config.view_fusion,
+                )
+                for feat in chosen
+            ]
 
     def _time_mvam(self, timings: dict | None) -> list:
         """Hooks that add the time spent inside MVAM modules to timings["mvam"] (this time is
