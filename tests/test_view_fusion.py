@@ -3,6 +3,7 @@ uses it (and reloads old saves without it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -99,3 +100,30 @@ def test_detector_fuses_and_old_saves_load_without_fusion(tmp_path):
     del meta["config"]["view_fusion"]
     meta_path.write_text(json.dumps(meta))
     assert load_detector(tmp_path / "model").config.view_fusion == 0.0
+
+
+def test_fusion_leaves_out_pairs_that_fell_back_to_the_identity():
+    category = make_category(n_train=3, n_test=1, n_views=3, image_size=64, seed=3)
+    tiny = {"image_size": 64, "train": {"steps": 2, "batch_size": 1}, "view_fusion": 0.5}
+    detector = VSAD(VSADConfig.from_dict(tiny))
+    detector.fit(category.train, homographies=category.homographies, progress=False)
+    images = to_model_tensor(views_of(category.test[0], where="test[0]"), 64)[None]
+    all_pairs = detector._extract(images)
+
+    report = detector.homographies.report
+    failed = report[0]  # the first slot of view 0, as if its estimation had failed
+    report[0] = dataclasses.replace(failed, status="fallback", reason="too few inliers")
+    without_pair = detector._extract(images)
+
+    detector.config.view_fusion = 0.0
+    raw_features = detector._extract(images)
+    latent_height = 64 // detector.config.unshuffle_factor
+    hom, neighbors = detector._latent_homography((latent_height, latent_height))
+    assert (failed.i, failed.j) == (0, neighbors[0, 0].item())
+    pruned = neighbors.clone()
+    pruned[failed.i, 0] = -1
+    for got, before, raw in zip(without_pair, all_pairs, raw_features, strict=True):
+        want = fuse_views(raw, hom, pruned, latent_height=latent_height, weight=0.5)
+        torch.testing.assert_close(got, want)
+        assert not torch.equal(got[:, failed.i], before[:, failed.i])  # view 0 changed
+        torch.testing.assert_close(got[:, 1:], before[:, 1:])  # the other views did not

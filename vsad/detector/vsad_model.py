@@ -183,16 +183,31 @@ class VSAD(BankDetector):
                 hook.remove()
         chosen = [features[level] for level in self._levels()]
         with stage(timings, "fusion"):
+            fusion_neighbors = self._fusion_neighbors(neighbors)
             return [
                 fuse_views(
                     feat,
                     hom,
-                    neighbors,
+                    fusion_neighbors,
                     latent_height=latents.shape[-2],
                     weight=self.config.view_fusion,
                 )
                 for feat in chosen
             ]
+
+    def _fusion_neighbors(self, neighbors: torch.Tensor) -> torch.Tensor:
+        """The view graph for cross-view fusion: pairs whose homography fell back to the
+        identity (homography_fallback="identity") are left out — their features are not
+        aligned, and averaging them would blend another part of the object into the view."""
+        failed = {(r.i, r.j) for r in self.homographies.failed_pairs()}
+        if not failed:
+            return neighbors
+        kept = neighbors.clone()
+        for i, row in enumerate(neighbors.tolist()):
+            for n, j in enumerate(row):
+                if (i, j) in failed:
+                    kept[i, n] = -1
+        return kept
 
     def _time_mvam(self, timings: dict | None) -> list:
         """Hooks that add the time spent inside MVAM modules to timings["mvam"] (this time is
