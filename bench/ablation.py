@@ -1,6 +1,6 @@
 """Accuracy ablations on the synthetic multi-view category of `vsad demo` (paper Tables 3 and 5):
-full VSAD vs "w/o MVAM" vs "w/o FRM" vs PatchKNN, the MVAM window R sweep and scoring switches,
-over several seeds of the generator (mean ± standard deviation).
+full VSAD vs "w/o MVAM" vs "w/o cross-view fusion" vs "w/o FRM" vs PatchKNN, the MVAM window R
+sweep and scoring switches, over several seeds of the generator (mean ± standard deviation).
 
 Not a pytest file (each variant trains a model: ~1–2 minutes on 2 cores). Run:
     python bench/ablation.py [--seeds 0,1,2] [--variants full,no_mvam,...] [--out ablation.json]
@@ -57,6 +57,9 @@ VARIANTS = {
         "VSAD",
         {"train.view_timesteps": "independent", "use_mvam": False, **_BEFORE_FUSION},
     ),
+    # The same with cross-view fusion (the current default scoring).
+    "indep_t_fusion": ("VSAD", {"train.view_timesteps": "independent"}),
+    "indep_t_fusion_no_mvam": ("VSAD", {"train.view_timesteps": "independent", "use_mvam": False}),
     # Training length (not in the default list: steps500 alone trains ~5 minutes).
     "steps1": ("VSAD", {"train.steps": 1, **_BEFORE_FUSION}),
     "steps20": ("VSAD", {"train.steps": 20, **_BEFORE_FUSION}),
