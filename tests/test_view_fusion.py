@@ -63,6 +63,8 @@ def test_weight_zero_is_the_identity_and_bad_input_is_named(rng):
     assert torch.equal(same, features)
     with pytest.raises(ValueError, match="weight: got -1"):
         fuse_views(features, homography, neighbors, latent_height=4, weight=-1.0)
+    with pytest.raises(ValueError, match="weight: got inf"):
+        fuse_views(features, homography, neighbors, latent_height=4, weight=float("inf"))
     with pytest.raises(ValueError, match=r"features: got shape \(3, 2, 4, 4\)"):
         fuse_views(features[0], homography, neighbors, latent_height=4, weight=0.5)
     with pytest.raises(ValueError, match=r"neighbors: got shape \(2, 2\)"):

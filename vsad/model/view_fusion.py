@@ -1,7 +1,7 @@
 """Cross-view feature fusion at scoring time: each view's features averaged with its neighbours'
 features warped into it by the homographies (a parameter-free step beyond the paper).
 
-Why it exists (measured, BENCHMARKS.md "Accuracy ablations"): the learned MVAM of the tiny
+Why it exists (measured, BENCHMARKS.md "Cross-view fusion"): the learned MVAM of the tiny
 default stays close to the identity after its short training, so on its own it changes the
 scores by less than the noise between seeds; averaging the aligned features of the views that
 see the same surface point is what the multi-view geometry buys here (V-AUROC +2.3 and AUPRO
@@ -11,6 +11,8 @@ a defect that only one camera sees, which is why the neighbours weigh less than 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -37,7 +39,7 @@ def fuse_views(
     """
     if features.dim() != 5:
         raise ValueError(f"features: got shape {tuple(features.shape)}, expected (B, M, C, h, w)")
-    if not weight >= 0:
+    if not 0 <= weight < math.inf:
         raise ValueError(f"weight: got {weight}, expected a finite number >= 0")
     B, M, C, h, w = features.shape
     if neighbors.shape[0] != M or homography.shape[:2] != neighbors.shape:
