@@ -60,6 +60,12 @@ VARIANTS = {
     # The same with cross-view fusion (the current default scoring).
     "indep_t_fusion": ("VSAD", {"train.view_timesteps": "independent"}),
     "indep_t_fusion_no_mvam": ("VSAD", {"train.view_timesteps": "independent", "use_mvam": False}),
+    # MVAM + FRM after every decoder ResBlock (the paper's Fig. 2 iii) instead of every block.
+    "resnet": ("VSAD", {"placement": "resnet"}),
+    "resnet_no_mvam": ("VSAD", {"placement": "resnet", "use_mvam": False}),
+    # Which features: with "resnet" every ResBlock is a level; [-3, -1] reads the last ResBlock
+    # of the two finest decoder blocks, close to what "block" reads.
+    "resnet_levels_3_1": ("VSAD", {"placement": "resnet", "feature_levels": [-3, -1]}),
     # Training length (not in the default list: steps500 alone trains ~5 minutes).
     "steps1": ("VSAD", {"train.steps": 1, **_BEFORE_FUSION}),
     "steps20": ("VSAD", {"train.steps": 20, **_BEFORE_FUSION}),

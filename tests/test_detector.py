@@ -74,17 +74,30 @@ def test_pasted_defect_scores_above_normal_samples_and_is_localised(
     assert np.allclose(result.view_scores, result.maps.reshape(3, -1).max(1))
 
 
+def _extractor(fitted, **config):
+    """A detector sharing `fitted`'s geometry and text embedding, with other levels or placement
+    (untrained modules: only the shapes are looked at)."""
+    detector = VSAD(VSADConfig.from_dict({**TINY, **config}))
+    detector.num_views, detector.view_size = 3, (96, 96)
+    detector.homographies = fitted.homographies
+    detector._build()
+    detector.null_text = fitted.null_text
+    return detector
+
+
 def test_feature_levels_and_shapes(fitted_vsad, category):
     images = torch.rand(2, 3, 3, 64, 64)
     features = fitted_vsad._extract(images)
-    # Default levels: the two finest decoder blocks of the tiny UNet (64 and 32 channels).
-    assert [tuple(f.shape) for f in features] == [(2, 3, 64, 16, 16), (2, 3, 32, 16, 16)]
-    all_levels = VSAD(VSADConfig.from_dict({**TINY, "feature_levels": [0, 1, 2]}))
-    all_levels.num_views, all_levels.view_size = 3, (96, 96)
-    all_levels.homographies = fitted_vsad.homographies
-    all_levels._build()
-    all_levels.null_text = fitted_vsad.null_text
-    shapes = [tuple(f.shape) for f in all_levels._extract(images)]
+    # Default: placement "resnet", levels = the two ResBlocks of the finest decoder block of the
+    # tiny UNet (32 channels at the 16² latent resolution of a 64² input).
+    assert [tuple(f.shape) for f in features] == [(2, 3, 32, 16, 16)] * 2
+    assert fitted_vsad.model.num_levels == 6  # 3 decoder blocks × 2 ResBlocks
+    every_resblock = _extractor(fitted_vsad, feature_levels=list(range(6)))
+    shapes = [tuple(f.shape) for f in every_resblock._extract(images)]
+    assert shapes == [(2, 3, 64, 4, 4)] * 2 + [(2, 3, 64, 8, 8)] * 2 + [(2, 3, 32, 16, 16)] * 2
+    # "block": one level per decoder block, read after its upsampler.
+    every_block = _extractor(fitted_vsad, placement="block", feature_levels=[0, 1, 2])
+    shapes = [tuple(f.shape) for f in every_block._extract(images)]
     assert shapes == [(2, 3, 64, 8, 8), (2, 3, 64, 16, 16), (2, 3, 32, 16, 16)]
 
 
@@ -163,8 +176,8 @@ def test_config_validation_and_overrides(tmp_path):
         VSADConfig(encoder="vae")
     with pytest.raises(ValueError, match="image_size: got 100"):
         VSADConfig(image_size=100)
-    with pytest.raises(ValueError, match="feature_levels"):
-        detector = VSAD(VSADConfig(feature_levels=[5]))
+    with pytest.raises(ValueError, match="feature_levels.*the 6 feature levels .*ResBlock"):
+        detector = VSAD(VSADConfig(feature_levels=[6]))  # 3 blocks × 2 ResBlocks: 0…5
         detector.num_views, detector.view_size = 3, (64, 64)
         detector._build()
 

@@ -56,8 +56,9 @@ def test_fit_predict_save_load_with_a_local_stable_diffusion_folder(sd_folder, t
     config = VSADConfig(stable_diffusion=str(sd_folder), encoder="vae", image_size=64)
     detector = VSAD(config.with_overrides(["train.steps=2"]))
     detector.fit(category.train, homographies=category.homographies, progress=False)
-    # The SD UNet (4 decoder levels, 1024-wide text conditioning) is the one that was trained.
-    assert detector.model.num_levels == 4
+    # The SD UNet (4 decoder blocks, 1024-wide text conditioning) is the one that was trained;
+    # MVAM + FRM follow each of its decoder ResBlocks (2 per block in this miniature, 3 in SD2).
+    assert detector.model.num_levels == 4 * len(detector.model.unet.up_blocks[0].resnets) == 8
     assert detector.null_text.shape == (1, 1, 1024)
     assert detector.encoder.stride == 8 and detector.encoder.latent_channels == 4
     result = detector.predict(category.test[0])

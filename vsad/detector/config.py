@@ -118,7 +118,10 @@ class VSADConfig(DetectorConfig):
     head_dim: int = 32
     use_mvam: bool = True
     use_frm: bool = True
-    placement: str = "block"  # MVAM + FRM after each decoder block, or after each ResBlock
+    # "resnet": MVAM + FRM after each decoder ResBlock (the paper's Fig. 2 iii), and every
+    # ResBlock is a feature level; "block": after each decoder block. "resnet" with the two
+    # finest levels scored better on all five demo seeds' S-AUROC / AUPRO (BENCHMARKS.md).
+    placement: str = "resnet"
     view_graph: str = "ring"  # "ring", "chain", "all"
     neighbors_per_view: int = 2
     neighbors: list[list[int]] | None = None  # explicit view graph (overrides view_graph)
@@ -128,7 +131,9 @@ class VSADConfig(DetectorConfig):
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100))
     inversion_steps: int = 4  # DDIM inversion steps before reading the features
     t_end: int = 200  # timestep the inversion reaches
-    feature_levels: list[int] = field(default_factory=lambda: [-2, -1])  # decoder levels
+    # Levels read for the bank, in decoder order (-1 = finest). With placement "resnet" the
+    # default is the two ResBlocks of the finest decoder block (full latent resolution).
+    feature_levels: list[int] = field(default_factory=lambda: [-2, -1])
     # Weight of the neighbours' homography-warped features in each view's scored features
     # (vsad.model.view_fusion; beyond the paper, measured in BENCHMARKS.md); 0 = off.
     view_fusion: float = 0.5

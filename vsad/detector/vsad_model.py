@@ -94,7 +94,9 @@ class VSAD(BankDetector):
             if not isinstance(level, int) or not -n <= level < n:
                 raise ValueError(
                     f"feature_levels: got {self.config.feature_levels}, expected indices into "
-                    f"the {n} decoder levels (0 = coarsest, -1 = finest)"
+                    f"the {n} feature levels (one per decoder "
+                    f"{'ResBlock' if self.config.placement == 'resnet' else 'block'}; "
+                    f"0 = coarsest, -1 = finest)"
                 )
             levels.append(level % n)
         return levels
