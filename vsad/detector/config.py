@@ -120,7 +120,8 @@ class VSADConfig(DetectorConfig):
     use_frm: bool = True
     # "resnet": MVAM + FRM after each decoder ResBlock (the paper's Fig. 2 iii), and every
     # ResBlock is a feature level; "block": after each decoder block. "resnet" with the two
-    # finest levels scored better on all five demo seeds' S-AUROC / AUPRO (BENCHMARKS.md).
+    # finest levels scored better on the demo data: AUPRO on all five seeds, S-AUROC on four
+    # (the fifth tied at 1.0; BENCHMARKS.md).
     placement: str = "resnet"
     view_graph: str = "ring"  # "ring", "chain", "all"
     neighbors_per_view: int = 2
