@@ -1,8 +1,9 @@
 """Accuracy ablations on the synthetic multi-view category of `vsad demo` (paper Tables 3 and 5):
 the default VSAD ("resnet") vs "w/o MVAM" vs "w/o FRM" vs the previous block placement ("full")
-vs PatchKNN by default; with --variants also "w/o cross-view fusion", the MVAM window R sweep and
-scoring switches (block placement, as measured then); over several seeds of the generator
-(mean ± standard deviation).
+vs PatchKNN by default; with --variants also the MVAM window R sweep (resnet_R1, ...), longer
+training (resnet_steps600, ...) and, with the block placement as measured then, "w/o cross-view
+fusion", its R sweep and scoring switches; over several seeds of the generator (mean ± standard
+deviation).
 
 Not a pytest file (each variant trains a model: ~1–2 minutes on 2 cores). Run:
     python bench/ablation.py [--seeds 0,1,2] [--variants full,no_mvam,...] [--out ablation.json]
@@ -37,6 +38,16 @@ VARIANTS = {
     # Which features: with "resnet" every ResBlock is a level; [-3, -1] reads the last ResBlock
     # of the two finest decoder blocks, close to what "block" reads.
     "resnet_levels_3_1": ("VSAD", {"placement": "resnet", "feature_levels": [-3, -1]}),
+    # The MVAM window R sweep (paper Table 5) with the current default; R=3 is "resnet".
+    "resnet_R1": ("VSAD", {"placement": "resnet", "window": 1}),
+    "resnet_R2": ("VSAD", {"placement": "resnet", "window": 2}),
+    "resnet_R4": ("VSAD", {"placement": "resnet", "window": 4}),
+    # Six times the default training (600 steps, ~6 minutes): does MVAM matter with more?
+    "resnet_steps600": ("VSAD", {"placement": "resnet", "train.steps": 600}),
+    "resnet_steps600_no_mvam": (
+        "VSAD",
+        {"placement": "resnet", "train.steps": 600, "use_mvam": False},
+    ),
     # The block placement (the previous default, "full") and the rows measured with it.
     "full": ("VSAD", {}),
     "no_mvam": ("VSAD", {"use_mvam": False}),
