@@ -1,9 +1,9 @@
 """Accuracy ablations on the synthetic multi-view category of `vsad demo` (paper Tables 3 and 5):
 the default VSAD ("resnet") vs "w/o MVAM" vs "w/o FRM" vs the previous block placement ("full")
-vs PatchKNN by default; with --variants also the MVAM window R sweep (resnet_R1, ...), longer
-training (resnet_steps600, ...) and, with the block placement as measured then, "w/o cross-view
-fusion", its R sweep and scoring switches; over several seeds of the generator (mean ± standard
-deviation).
+vs PatchKNN by default; with --variants also the latent level (latent, latent_no_mvam), the MVAM
+window R sweep (resnet_R1, ...), longer training (resnet_steps600, ...) and, with the block
+placement as measured then, "w/o cross-view fusion", its R sweep and scoring switches; over
+several seeds of the generator (mean ± standard deviation).
 
 Not a pytest file (each variant trains a model: ~1–2 minutes on 2 cores). Run:
     python bench/ablation.py [--seeds 0,1,2] [--variants full,no_mvam,...] [--out ablation.json]
@@ -38,6 +38,9 @@ VARIANTS = {
     # Which features: with "resnet" every ResBlock is a level; [-3, -1] reads the last ResBlock
     # of the two finest decoder blocks, close to what "block" reads.
     "resnet_levels_3_1": ("VSAD", {"placement": "resnet", "feature_levels": [-3, -1]}),
+    # The encoder's latent (the pixel patches PatchKNN scores) as a third level.
+    "latent": ("VSAD", {"placement": "resnet", "latent_level": True}),
+    "latent_no_mvam": ("VSAD", {"placement": "resnet", "latent_level": True, "use_mvam": False}),
     # The MVAM window R sweep (paper Table 5) with the current default; R=3 is "resnet".
     "resnet_R1": ("VSAD", {"placement": "resnet", "window": 1}),
     "resnet_R2": ("VSAD", {"placement": "resnet", "window": 2}),

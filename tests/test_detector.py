@@ -176,6 +176,12 @@ def test_config_validation_and_overrides(tmp_path):
         VSADConfig(encoder="vae")
     with pytest.raises(ValueError, match="image_size: got 100"):
         VSADConfig(image_size=100)
+    with pytest.raises(ValueError, match="level_weights: got 2 weights, expected 3 .*latent"):
+        VSADConfig(level_weights=[0.5, 0.5], latent_level=True)  # two decoder levels + latent
+    with pytest.raises(ValueError, match=r"level_weights: got 3 weights, expected 2 \(one per"):
+        VSADConfig(level_weights=[0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match="latent_level: got 'yes'"):
+        VSADConfig(latent_level="yes")
     with pytest.raises(ValueError, match="feature_levels.*the 6 feature levels .*ResBlock"):
         detector = VSAD(VSADConfig(feature_levels=[6]))  # 3 blocks × 2 ResBlocks: 0…5
         detector.num_views, detector.view_size = 3, (64, 64)
@@ -198,3 +204,26 @@ def test_ablation_switches_build_what_they_say(category):
         )
         assert detector.model.use_mvam is use_mvam and detector.model.use_frm is use_frm
         assert np.isfinite(detector.predict(category.test[0]).score)
+
+
+def test_latent_level_scores_the_encoder_latent_and_round_trips(fitted_vsad, category, tmp_path):
+    detector = VSAD(VSADConfig.from_dict({**TINY, "latent_level": True})).fit(
+        category.train, homographies=category.homographies, progress=False
+    )
+    # The decoder levels are those of the model without it (same seed, same training), and the
+    # latent (4×4 pixel patches: 48 channels at 16²) follows them unfused.
+    images = torch.rand(2, 3, 3, 64, 64)
+    features, plain = detector._extract(images), fitted_vsad._extract(images)
+    assert [tuple(f.shape) for f in features] == [(2, 3, 32, 16, 16)] * 2 + [(2, 3, 48, 16, 16)]
+    for got, want in zip(features[:2], plain, strict=True):
+        torch.testing.assert_close(got, want)
+    latents = detector.encoder.encode(images.flatten(0, 1)).reshape(2, 3, 48, 16, 16)
+    assert torch.equal(features[2], latents)
+    assert len(detector.banks.shapes) == 3
+    sample = category.test[0]
+    with_latent = detector.predict(sample)
+    assert not np.allclose(with_latent.maps, fitted_vsad.predict(sample).maps)
+    detector.save(tmp_path / "model")
+    loaded = load_detector(tmp_path / "model")
+    assert loaded.config.latent_level is True
+    assert np.array_equal(loaded.predict(sample).maps, with_latent.maps)

@@ -138,9 +138,16 @@ class VSADConfig(DetectorConfig):
     # Weight of the neighbours' homography-warped features in each view's scored features
     # (vsad.model.view_fusion; beyond the paper, measured in BENCHMARKS.md); 0 = off.
     view_fusion: float = 0.5
+    # Also score the encoder's latent as one more level, after the decoder levels and without
+    # fusion: with the unshuffle encoder these are the f×f pixel patches PatchKNN scores, which
+    # localise sharply where the UNet features are smooth (beyond the paper). Off by default: on
+    # the demo data (5 seeds, BENCHMARKS.md) it raised P-AP and V-AUROC but not S-AUROC or AUPRO.
+    latent_level: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.latent_level, bool):
+            raise ValueError(f"latent_level: got {self.latent_level!r}, expected true or false")
         _choice(self, "encoder", ENCODERS)
         _choice(self, "placement", PLACEMENTS)
         _choice(self, "homography_fallback", ("error", "identity"))
@@ -153,6 +160,13 @@ class VSADConfig(DetectorConfig):
             raise ValueError(f"train: got {type(self.train).__name__}, expected a TrainConfig")
         if not self.feature_levels:
             raise ValueError("feature_levels: got an empty list, expected decoder level indices")
+        levels = len(self.feature_levels) + self.latent_level
+        if self.level_weights is not None and len(self.level_weights) != levels:
+            latent = ", then one for the latent level" if self.latent_level else ""
+            raise ValueError(
+                f"level_weights: got {len(self.level_weights)} weights, expected {levels} (one "
+                f"per entry of feature_levels{latent})"
+            )
         if (
             isinstance(self.view_fusion, bool)
             or not isinstance(self.view_fusion, (int, float))

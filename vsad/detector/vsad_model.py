@@ -186,7 +186,7 @@ class VSAD(BankDetector):
         chosen = [features[level] for level in self._levels()]
         with stage(timings, "fusion"):
             fusion_neighbors = self._fusion_neighbors(neighbors)
-            return [
+            fused = [
                 fuse_views(
                     feat,
                     hom,
@@ -196,6 +196,9 @@ class VSAD(BankDetector):
                 )
                 for feat in chosen
             ]
+        # The latent level is not fused: averaging raw pixels across views did not help
+        # PatchKNN (BENCHMARKS.md, "Cross-view fusion").
+        return fused + [latents] if self.config.latent_level else fused
 
     def _fusion_neighbors(self, neighbors: torch.Tensor) -> torch.Tensor:
         """The view graph for cross-view fusion: pairs whose homography fell back to the
