@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
+from vsad._atomic import atomic_write_json
 from vsad.data import make_category
 from vsad.detector import VSAD, PatchKNN, PatchKNNConfig, VSADConfig
 from vsad.detector.evaluate import evaluate_detector
@@ -127,9 +127,7 @@ def summary_table(results: dict, names: list[str], seeds: list[int]) -> str:
 
 
 def _save(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ void register_min_l2(py::module_& m) {
         if (num_threads < 1) fail("num_threads: got ", num_threads, ", expected >= 1");
         const BankType type = parse_bank_type(dtype);
         py::gil_scoped_release release;
-        VSAD_DISPATCH(min_l2_bank_sq_norms, reinterpret_cast<const void*>(bank), type, N, D,
+        VSAD_DISPATCH_BF16(min_l2_bank_sq_norms, reinterpret_cast<const void*>(bank), type, N, D,
                       mptr<float>(out), num_threads);
       },
       py::arg("bank"), py::arg("dtype"), py::arg("N"), py::arg("D"), py::arg("out"),
@@ -60,9 +60,9 @@ void register_min_l2(py::module_& m) {
           fail("precision: got '", precision, "', expected 'fp32' or 'mixed'");
         py::gil_scoped_release release;
         if (precision == "mixed")
-          VSAD_DISPATCH(min_l2_search_mixed, a);
+          VSAD_DISPATCH_BF16(min_l2_search_mixed, a);
         else
-          VSAD_DISPATCH(min_l2_search, a);
+          VSAD_DISPATCH_BF16(min_l2_search, a);
       },
       py::arg("queries"), py::arg("bank"), py::arg("dtype"), py::arg("bank_sq_norms"),
       py::arg("Q"), py::arg("N"), py::arg("D"), py::arg("dist"), py::arg("index"),
@@ -88,7 +88,7 @@ void register_min_l2(py::module_& m) {
                          parse_bank_type(dtype), cptr<float>(bank_sq_norms), B, S, H, W, D,
                          radius, mptr<float>(dist), mptr<int64_t>(index), num_threads};
         py::gil_scoped_release release;
-        VSAD_DISPATCH(min_l2_local_search, a);
+        VSAD_DISPATCH_BF16(min_l2_local_search, a);
       },
       py::arg("queries"), py::arg("bank"), py::arg("dtype"), py::arg("bank_sq_norms"),
       py::arg("B"), py::arg("S"), py::arg("H"), py::arg("W"), py::arg("D"), py::arg("radius"),

@@ -44,7 +44,7 @@ struct MinL2LocalArgs {
   void min_l2_bank_sq_norms(const void* bank, BankType type, int64_t N, int64_t D,   \
                             float* out, int num_threads);                             \
   }
-VSAD_FOR_EACH_ISA(VSAD_DECLARE_MIN_L2)
+VSAD_FOR_EACH_ISA_BF16(VSAD_DECLARE_MIN_L2)
 #undef VSAD_DECLARE_MIN_L2
 
 }  // namespace vsad

@@ -1,5 +1,6 @@
 // Python binding of the MVAM window attention: validates the plain-buffer arguments, borrows
-// scratch memory and dispatches to the kernel compiled for the CPU's instruction set.
+// scratch memory (before the kernel's parallel region: a failure raises MemoryError in Python)
+// and dispatches to the kernel compiled for the CPU's instruction set.
 #include "window_attention.h"
 
 #include <pybind11/pybind11.h>
@@ -70,6 +71,10 @@ void forward(const Shape& s, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t po
   fill_common(a, s, q, k, v, pos_k, pos_v, homography, neighbors, scale, num_threads);
   a.out = mptr<T>(out);
   a.lse = mptr<T>(lse);
+  size_t bytes = 0;
+  VSAD_DISPATCH(window_attention_scratch_bytes, a, false, &bytes);
+  ScratchBlock scratch(bytes, "window_attention forward");
+  a.scratch = scratch.data();
   VSAD_DISPATCH(window_attention_forward, a);
 }
 
@@ -89,8 +94,10 @@ void backward(const Shape& s, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t p
   a.grad_v = mptr<T>(grad_v);
   a.grad_pos_k = mptr<T>(grad_pos_k);
   a.grad_pos_v = mptr<T>(grad_pos_v);
-  ScratchBlock scratch(sizeof(T) * size_t(window_attention_backward_scratch_elems(a)));
-  a.scratch = scratch.as<T>();
+  size_t bytes = 0;
+  VSAD_DISPATCH(window_attention_scratch_bytes, a, true, &bytes);
+  ScratchBlock scratch(bytes, "window_attention backward");
+  a.scratch = scratch.data();
   VSAD_DISPATCH(window_attention_backward, a);
 }
 

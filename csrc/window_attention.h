@@ -1,5 +1,6 @@
 // MVAM window attention (DESIGN.md §3.1): homography-projected R x R window gather + attention.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "cpu_features.h"
@@ -24,6 +25,11 @@ struct WindowAttentionArgs {
   int64_t B, M, H, W, C, N, R, heads, hom_batch;
   double scale;
   int num_threads;
+  // window_attention_scratch_bytes(...) bytes, 64-byte aligned, allocated by the caller before
+  // the call (never inside the kernels' parallel regions): a few KiB per thread, plus for the
+  // backward either per-thread dk/dv copies (only while they fit 8 MiB) or one chunk of
+  // per-query scatter records (1 MiB) — bounded whatever the thread count or image size.
+  void* scratch;
 };
 
 template <typename T>
@@ -42,24 +48,18 @@ struct WindowAttentionBackward : WindowAttentionArgs<T> {
   T* grad_v;
   T* grad_pos_k;
   T* grad_pos_v;
-  // (num_threads - 1) * 2 * B*M*H*W*C + num_threads * 2 * N*R*R*C elements: per-thread
-  // accumulators for the scattered dk/dv and for dpos_k/dpos_v (thread 0 writes dk/dv in place).
-  T* scratch;
 };
 
-template <typename T>
-inline int64_t window_attention_backward_scratch_elems(const WindowAttentionArgs<T>& a) {
-  const int64_t kv = a.B * a.M * a.H * a.W * a.C;
-  const int64_t pos = a.N * a.R * a.R * a.C;
-  return (int64_t(a.num_threads) - 1) * 2 * kv + int64_t(a.num_threads) * 2 * pos;
-}
-
-#define VSAD_DECLARE_WINDOW_ATTENTION(isa)                                  \
-  namespace isa {                                                           \
-  void window_attention_forward(const WindowAttentionForward<float>& a);    \
-  void window_attention_forward(const WindowAttentionForward<double>& a);   \
-  void window_attention_backward(const WindowAttentionBackward<float>& a);  \
-  void window_attention_backward(const WindowAttentionBackward<double>& a); \
+#define VSAD_DECLARE_WINDOW_ATTENTION(isa)                                             \
+  namespace isa {                                                                      \
+  void window_attention_forward(const WindowAttentionForward<float>& a);               \
+  void window_attention_forward(const WindowAttentionForward<double>& a);              \
+  void window_attention_backward(const WindowAttentionBackward<float>& a);             \
+  void window_attention_backward(const WindowAttentionBackward<double>& a);            \
+  void window_attention_scratch_bytes(const WindowAttentionArgs<float>& a, bool backward, \
+                                      size_t* bytes);                                  \
+  void window_attention_scratch_bytes(const WindowAttentionArgs<double>& a, bool backward, \
+                                      size_t* bytes);                                  \
   }
 VSAD_FOR_EACH_ISA(VSAD_DECLARE_WINDOW_ATTENTION)
 #undef VSAD_DECLARE_WINDOW_ATTENTION

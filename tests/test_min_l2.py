@@ -87,7 +87,7 @@ def test_near_ties_agree_with_float64_where_the_gap_is_resolvable(rng):
     assert_exact(q, bank, dist, index)
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "avx512_bf16"])
 def test_every_instruction_set(isa, rng):
     from vsad._extension import _C
 

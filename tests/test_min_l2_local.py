@@ -137,7 +137,7 @@ def _supported_isas():
     return _C.supported_isas()
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "avx512_bf16"])
 @pytest.mark.parametrize("D", [24, 21])
 def test_full_window_is_bitwise_the_global_search(isa, D, rng):
     """A window covering the whole map sees every bank row: each <q, b> is the same sequential

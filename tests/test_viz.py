@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -193,7 +192,7 @@ def test_overlay_rejects_bad_inputs_naming_the_argument(nrng):
 # -------------------------------------------------------------------------------- panel
 
 
-def test_view_panel_size_and_speed(nrng):
+def test_view_panel_size(nrng):
     views = int(nrng.integers(2, 6))
     images, maps, masks = random_sample(nrng, [(256, 256)] * views)
     scores = [float(m.max()) for m in maps]
@@ -211,15 +210,15 @@ def test_view_panel_size_and_speed(nrng):
     assert tiles < panel.shape[1] < tiles + 200  # plus the colour scale
     assert 2 * 256 < panel.shape[0] < 2 * 256 + 150  # plus captions and header
 
-    images, maps, masks = random_sample(nrng, [(256, 256)] * 5)
-    kwargs = dict(masks=masks, sample_score=1.0, threshold=0.5, title="s")
-    view_panel(images, maps, **kwargs)  # warm-up (lookup tables, font)
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        view_panel(images, maps, **kwargs)
-        seconds.append(time.perf_counter() - start)
-    assert min(seconds) < 0.2, seconds
+    # The colour lookup table is built once per colour map, not per panel (its speed is
+    # measured in bench/test_viz_panel.py, never asserted here).
+    from vsad.viz.overlay import _lut
+
+    before = _lut.cache_info()
+    view_panel(images, maps, masks=masks)
+    view_panel(images, maps, masks=masks)
+    after = _lut.cache_info()
+    assert after.misses - before.misses <= 1 and after.hits > before.hits
 
 
 def test_view_panel_scales_views_of_different_sizes(nrng):

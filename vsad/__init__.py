@@ -15,6 +15,8 @@ def backends() -> dict:
 
         info["cpu_isa"] = _C.active_isa()
         info["cpu_isas_supported"] = list(_C.supported_isas())
+        # Which compiled copy each op runs: only min_l2 has an avx512_bf16 one.
+        info["cpu_kernels"] = dict(_C.kernel_isas())
     return info
 
 

@@ -8,12 +8,12 @@ overlay pictures.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from vsad._atomic import atomic_write_json
 
 DEMO_SEED = 0
 
@@ -98,9 +98,7 @@ def run_demo(
         },
         "config": config.to_dict(),
     }
-    tmp = out / f".summary.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    os.replace(tmp, out / "summary.json")
+    atomic_write_json(out / "summary.json", summary, default=float)
     print()
     print(metrics_table(results, mean=False))
     print(", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))

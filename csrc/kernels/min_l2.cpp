@@ -25,9 +25,48 @@
 #endif
 
 #include "min_l2.h"
+#include "scratch.h"
 
 namespace vsad {
 namespace VSAD_ISA {
+namespace {
+
+// The buffers of one call, allocated together before its parallel region (an exception must
+// not leave an OpenMP region) and freed together on return. A fixed array, not a std container:
+// see DEVELOPERS.md on per-ISA code.
+class Buffers {
+ public:
+  explicit Buffers(const char* what) : what_(what) {}
+  ~Buffers() {
+    for (int i = 0; i < n_; ++i) scratch_free(p_[i]);
+  }
+  Buffers(const Buffers&) = delete;
+  Buffers& operator=(const Buffers&) = delete;
+  template <typename T>
+  T* get(int64_t count) {
+    const size_t bytes = sizeof(T) * size_t(count > 1 ? count : 1);
+    bytes_ += bytes;
+    void* p = n_ < kMax ? scratch_alloc(bytes) : nullptr;
+    if (p == nullptr) failed_ = true;
+    if (n_ < kMax) p_[n_++] = p;
+    return static_cast<T*>(p);
+  }
+  // Throws (a MemoryError in Python) if any get() failed; call before the parallel region.
+  void check() const {
+    if (failed_) throw_scratch_failure(what_, bytes_);
+  }
+
+ private:
+  static constexpr int kMax = 16;
+  void* p_[kMax] = {};
+  int n_ = 0;
+  size_t bytes_ = 0;
+  bool failed_ = false;
+  const char* what_;
+};
+
+}  // namespace
+
 namespace {
 
 constexpr int64_t kPanel = 32;  // bank rows per packed panel
@@ -171,13 +210,10 @@ void min_l2_search(const MinL2Args& a) {
   // A tile of at most ~512 KiB packed: it stays in L2 while every query block passes over it.
   int64_t tile = (int64_t(512) * 1024 / (4 * D)) / kPanel * kPanel;
   tile = tile < kPanel ? kPanel : tile;
-  float* packed = static_cast<float*>(std::aligned_alloc(64, size_t(tile * D) * 4 + 64));
-  float* best = static_cast<float*>(std::malloc(size_t(a.Q) * 4));
-  if (!packed || !best) {
-    std::free(packed);
-    std::free(best);
-    throw std::bad_alloc();
-  }
+  Buffers buffers("min_l2");
+  float* packed = buffers.get<float>(tile * D + 16);
+  float* best = buffers.get<float>(a.Q);
+  buffers.check();
   for (int64_t i = 0; i < a.Q; ++i) {
     best[i] = std::numeric_limits<float>::infinity();
     a.index[i] = -1;
@@ -231,8 +267,6 @@ void min_l2_search(const MinL2Args& a) {
       a.dist[i] = std::sqrt(d2 > 0.0f ? d2 : 0.0f);
     }
   }
-  std::free(packed);
-  std::free(best);
 }
 
 
@@ -292,21 +326,17 @@ void min_l2_search_mixed(const MinL2Args& a) {
   const int64_t D = a.D, KP = (D + 1) / 2, Q = a.Q;
   int64_t tile = (int64_t(512) * 1024 / (2 * D)) / kPanel * kPanel;
   tile = tile < kPanel ? kPanel : tile;
-  uint32_t* packed = static_cast<uint32_t*>(std::aligned_alloc(64, size_t(tile * KP) * 4 + 64));
-  uint32_t* qbf = static_cast<uint32_t*>(std::malloc(size_t(Q * KP) * 4));
-  float* qnorm = static_cast<float*>(std::malloc(size_t(Q) * 4));
-  float* bnorm = static_cast<float*>(std::malloc(size_t(a.N) * 4));
-  float* best_upper = static_cast<float*>(std::malloc(size_t(Q) * 4));
-  float* cand_lower = static_cast<float*>(std::malloc(size_t(Q * kCandidates) * 4));
-  int64_t* cand_row = static_cast<int64_t*>(std::malloc(size_t(Q * kCandidates) * 8));
-  int32_t* cand_n = static_cast<int32_t*>(std::malloc(size_t(Q) * 4));
-  unsigned char* overflow = static_cast<unsigned char*>(std::malloc(size_t(Q)));
-  if (!packed || !qbf || !qnorm || !bnorm || !best_upper || !cand_lower || !cand_row || !cand_n ||
-      !overflow) {
-    std::free(packed); std::free(qbf); std::free(qnorm); std::free(bnorm); std::free(best_upper);
-    std::free(cand_lower); std::free(cand_row); std::free(cand_n); std::free(overflow);
-    throw std::bad_alloc();
-  }
+  Buffers buffers("min_l2 (mixed precision)");
+  uint32_t* packed = buffers.get<uint32_t>(tile * KP + 16);
+  uint32_t* qbf = buffers.get<uint32_t>(Q * KP);
+  float* qnorm = buffers.get<float>(Q);
+  float* bnorm = buffers.get<float>(a.N);
+  float* best_upper = buffers.get<float>(Q);
+  float* cand_lower = buffers.get<float>(Q * kCandidates);
+  int64_t* cand_row = buffers.get<int64_t>(Q * kCandidates);
+  int32_t* cand_n = buffers.get<int32_t>(Q);
+  unsigned char* overflow = buffers.get<unsigned char>(Q);
+  buffers.check();
   const float u = 1.0f / 256.0f;
   const float rel = 2.0f * (2.0f * u + u * u + 2.1f * float(D) / 16777216.0f);
   const float fin = 1.0f / 4194304.0f;  // 2^-22
@@ -442,8 +472,6 @@ void min_l2_search_mixed(const MinL2Args& a) {
     one.index = a.index + qi;
     min_l2_search(one);
   }
-  std::free(packed); std::free(qbf); std::free(qnorm); std::free(bnorm); std::free(best_upper);
-  std::free(cand_lower); std::free(cand_row); std::free(cand_n); std::free(overflow);
 }
 #else
 // Without AVX512-BF16 the screen has no fast path: the exact search is identical by definition.
@@ -878,27 +906,15 @@ void min_l2_local_search(const MinL2LocalArgs& a) {
   // thread: the window's query rows, the portable path's k-major copy of 8 rows (D x 8
   // floats), and the running minima of all queries. Everything is allocated up front: nothing
   // can fail inside the parallel region.
-  float* norms = static_cast<float*>(std::malloc(size_t(HW * S_pad) * 4));
-  float* qnorms = static_cast<float*>(std::malloc(size_t(Qn) * 4));
-  float* rowbufs = static_cast<float*>(std::malloc(size_t(nt) * size_t(D * kSamples) * 4));
-  const float** qrows_all =
-      static_cast<const float**>(std::malloc(size_t(nt * win) * sizeof(float*)));
-  int64_t* qidx_all = static_cast<int64_t*>(std::malloc(size_t(nt * win) * 8));
-  float* best_all = static_cast<float*>(std::malloc(size_t(nt) * Qn * 4));
-  int64_t* idx_all = static_cast<int64_t*>(std::malloc(size_t(nt) * Qn * 8));
-  auto free_all = [&] {
-    std::free(norms);
-    std::free(qnorms);
-    std::free(rowbufs);
-    std::free(qrows_all);
-    std::free(qidx_all);
-    std::free(best_all);
-    std::free(idx_all);
-  };
-  if (!norms || !qnorms || !rowbufs || !qrows_all || !qidx_all || !best_all || !idx_all) {
-    free_all();
-    throw std::bad_alloc();
-  }
+  Buffers buffers("min_l2_local");
+  float* norms = buffers.get<float>(HW * S_pad);
+  float* qnorms = buffers.get<float>(Qn);
+  float* rowbufs = buffers.get<float>(int64_t(nt) * D * kSamples);
+  const float** qrows_all = buffers.get<const float*>(int64_t(nt) * win);
+  int64_t* qidx_all = buffers.get<int64_t>(int64_t(nt) * win);
+  float* best_all = buffers.get<float>(int64_t(nt) * Qn);
+  int64_t* idx_all = buffers.get<int64_t>(int64_t(nt) * Qn);
+  buffers.check();
   // One parallel region without inner barriers (each costs a wake-up when OpenMP threads wait
   // passively): threads take runs of kPositionRun consecutive positions, guided (large runs
   // first for locality, then small ones: a core busy with another process delays the call
@@ -952,7 +968,6 @@ void min_l2_local_search(const MinL2LocalArgs& a) {
     a.dist[qi] = std::sqrt(d2 > 0.0f ? d2 : 0.0f);
     a.index[qi] = bi;
   }
-  free_all();
 }
 
 }  // namespace VSAD_ISA

@@ -15,7 +15,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <new>
 
 #include "kernels/vec.h"
 #include "window_attention.h"
@@ -24,8 +23,28 @@ namespace vsad {
 namespace VSAD_ISA {
 namespace {
 
-// Per-thread buffers for one query. Plain malloc'd arrays: no std containers in per-ISA code
-// (their out-of-line members would be shared across the ISA copies by the linker).
+inline int64_t imin(int64_t x, int64_t y) { return x < y ? x : y; }
+
+// Bump allocation of 64-byte aligned arrays out of one buffer. With a null base it only adds up
+// the bytes, so the host can size the buffer with the same code that carves it.
+class Carver {
+ public:
+  explicit Carver(char* base) : base_(base) {}
+  template <typename U>
+  U* take(int64_t n) {
+    U* p = base_ ? reinterpret_cast<U*>(base_ + used_) : nullptr;
+    used_ += (sizeof(U) * size_t(n > 1 ? n : 1) + 63) / 64 * 64;
+    return p;
+  }
+  size_t used() const { return used_; }
+
+ private:
+  char* base_;
+  size_t used_ = 0;
+};
+
+// Per-thread buffers for one query, carved from the call's scratch block (allocated by the host
+// before the parallel region: nothing here can fail).
 template <typename T>
 struct QueryScratch {
   int64_t* grid = nullptr;          // N*G: element offset of the grid pixel in k/v, -1 = unused
@@ -50,45 +69,110 @@ struct QueryScratch {
   int64_t* cand_x = nullptr;        // RR: r % R
   int64_t* cand_y = nullptr;        // RR: r / R
   int64_t* corner = nullptr;        // RR: (r / R) * (R + 1) + r % R
+  // Backward scatter: this thread's channel range, split at head boundaries.
+  int64_t* seg_h = nullptr;         // heads
+  int64_t* seg_lo = nullptr;        // heads
+  int64_t* seg_len = nullptr;       // heads
+  int64_t segs = 0;
 
-  QueryScratch(int64_t N, int64_t R, int64_t heads) {
+  QueryScratch(Carver& c, int64_t N, int64_t R, int64_t heads) {
     const int64_t G = (R + 1) * (R + 1), RR = R * R;
-    grid = alloc<int64_t>(N * G);
-    valid = alloc<unsigned char>(N * RR);
-    active = alloc<unsigned char>(N);
-    frac = alloc<T>(N * 2);
-    logits = alloc<T>(N * RR * heads);
-    gdot = alloc<T>(G * heads);
-    coef_a = alloc<T>(G);
-    coef_b = alloc<T>(G);
-    idx = alloc<int64_t>(G);
-    cand = alloc<int64_t>(RR);
-    pos_dot = alloc<T>(RR);
-    rows = alloc<const T*>(RR + G);
-    coefs = alloc<T>(RR + G);
-    row_terms = alloc<T>(heads);
-    flat = alloc<int64_t>(N * RR);
-    soft = alloc<T>(N * RR);
-    cand_x = alloc<int64_t>(RR);
-    cand_y = alloc<int64_t>(RR);
-    corner = alloc<int64_t>(RR);
+    grid = c.take<int64_t>(N * G);
+    valid = c.take<unsigned char>(N * RR);
+    active = c.take<unsigned char>(N);
+    frac = c.take<T>(N * 2);
+    logits = c.take<T>(N * RR * heads);
+    gdot = c.take<T>(G * heads);
+    coef_a = c.take<T>(G);
+    coef_b = c.take<T>(G);
+    idx = c.take<int64_t>(G);
+    cand = c.take<int64_t>(RR);
+    pos_dot = c.take<T>(RR);
+    rows = c.take<const T*>(RR + G);
+    coefs = c.take<T>(RR + G);
+    row_terms = c.take<T>(heads);
+    flat = c.take<int64_t>(N * RR);
+    soft = c.take<T>(N * RR);
+    cand_x = c.take<int64_t>(RR);
+    cand_y = c.take<int64_t>(RR);
+    corner = c.take<int64_t>(RR);
+    seg_h = c.take<int64_t>(heads);
+    seg_lo = c.take<int64_t>(heads);
+    seg_len = c.take<int64_t>(heads);
+    if (!grid) return;  // sizing pass
     for (int64_t r = 0; r < RR; ++r) {
       cand_x[r] = r % R;
       cand_y[r] = r / R;
       corner[r] = cand_y[r] * (R + 1) + cand_x[r];
     }
   }
-  ~QueryScratch() {
-    std::free(grid); std::free(valid); std::free(active); std::free(frac); std::free(logits);
-    std::free(gdot); std::free(coef_a); std::free(coef_b); std::free(idx); std::free(cand);
-    std::free(pos_dot); std::free(rows); std::free(coefs); std::free(row_terms);
-    std::free(flat); std::free(soft); std::free(cand_x); std::free(cand_y); std::free(corner);
+
+  // One query scratch per thread, from `base` (or sized, with base = nullptr).
+  static size_t bytes(int64_t N, int64_t R, int64_t heads) {
+    Carver c(nullptr);
+    QueryScratch<T> sizing(c, N, R, heads);
+    return c.used();
   }
-  template <typename U>
-  static U* alloc(int64_t n) {
-    void* p = std::malloc(sizeof(U) * size_t(n > 1 ? n : 1));
-    if (!p) throw std::bad_alloc();
-    return static_cast<U*>(p);
+};
+
+// What the backward records per query for the dk/dv scatter: the grid pixels the query read,
+// with per-head coefficients; dk at the pixel gets kc * q_h, dv gets vc * dout_h.
+template <typename T>
+struct Record {
+  int64_t* koff = nullptr;  // N*G: element offset of the grid pixel in k/v, -1 = not read
+  T* kc = nullptr;          // N*G*heads: d loss / d <q, k(pixel)>
+  T* vc = nullptr;          // N*G*heads: weight of the pixel's v in out
+
+  Record() = default;
+  Record(Carver& c, int64_t N, int64_t R, int64_t heads) {
+    const int64_t G = (R + 1) * (R + 1);
+    koff = c.take<int64_t>(N * G);
+    kc = c.take<T>(N * G * heads);
+    vc = c.take<T>(N * G * heads);
+  }
+  static size_t bytes(int64_t N, int64_t R, int64_t heads) {
+    Carver c(nullptr);
+    Record<T> sizing(c, N, R, heads);
+    return c.used();
+  }
+};
+
+// Scratch budgets of the backward, whatever the thread count or the image size (the previous
+// per-thread dk/dv copies took (threads - 1) * 2 * B*M*H*W*C elements, unbounded):
+//  - private copies of dk/dv for threads 1..nt-1 (the fastest scheme: every thread scatters at
+//    once, one reduction pass at the end) only while they fit kPrivateBudget;
+//  - otherwise one chunk of per-query records, kRecordBudget, small enough to stay in L2
+//    between the two phases.
+// Both are within the pool's cap (scratch.h), so they stay mapped between calls.
+constexpr size_t kPrivateBudget = size_t(8) << 20;
+constexpr size_t kRecordBudget = size_t(1) << 20;
+
+enum class Scatter { direct, private_copies, records };
+
+// Scratch of one backward call: per thread a query scratch and dpos_k/dpos_v accumulators
+// (N*R*R*C each, small), then the private dk/dv copies or one chunk of records.
+template <typename T>
+struct BackwardLayout {
+  size_t query_bytes, pos_bytes, record_bytes, private_bytes, total;
+  int64_t chunk;  // queries per chunk of records
+  Scatter scatter;
+  explicit BackwardLayout(const WindowAttentionArgs<T>& a) {
+    const int64_t Q = a.B * a.M * a.H * a.W;
+    query_bytes = QueryScratch<T>::bytes(a.N, a.R, a.heads);
+    pos_bytes = (sizeof(T) * size_t(2 * a.N * a.R * a.R * a.C) + 63) / 64 * 64;
+    record_bytes = Record<T>::bytes(a.N, a.R, a.heads);
+    private_bytes = sizeof(T) * size_t(a.num_threads - 1) * 2 * size_t(Q * a.C);
+    const int64_t fit = int64_t(kRecordBudget / record_bytes);
+    chunk = 0;
+    scatter = a.num_threads == 1 ? Scatter::direct : Scatter::private_copies;
+    if (private_bytes > kPrivateBudget) {
+      scatter = Scatter::records;
+      private_bytes = 0;
+      chunk = fit < 1 ? 1 : (fit < Q ? fit : Q);
+    }
+    if (scatter == Scatter::direct) private_bytes = 0;
+    total = size_t(a.num_threads) * (query_bytes + pos_bytes) + private_bytes +
+            size_t(chunk) * record_bytes;
   }
 };
 
@@ -299,9 +383,11 @@ void forward_query(const WindowAttentionForward<T>& a, int64_t b, int64_t i, int
 template <typename T>
 void forward_impl(const WindowAttentionForward<T>& a) {
   const int64_t rows = a.B * a.M * a.H;
+  const size_t per_thread = QueryScratch<T>::bytes(a.N, a.R, a.heads);
 #pragma omp parallel num_threads(a.num_threads)
   {
-    QueryScratch<T> s(a.N, a.R, a.heads);
+    Carver carve(static_cast<char*>(a.scratch) + size_t(omp_get_thread_num()) * per_thread);
+    QueryScratch<T> s(carve, a.N, a.R, a.heads);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t y = row % a.H, i = (row / a.H) % a.M, b = row / (a.H * a.M);
@@ -310,18 +396,36 @@ void forward_impl(const WindowAttentionForward<T>& a) {
   }
 }
 
+// y0 += c0 * x0 and y1 += c1 * x1 over n elements.
 template <typename T>
-void backward_query(const WindowAttentionBackward<T>& a, int64_t b, int64_t i, int64_t y,
-                    int64_t x, T* dk, T* dv, T* dpos_k, T* dpos_v, QueryScratch<T>& s) {
+inline void axpy2(T* __restrict y0, T c0, const T* __restrict x0, T* __restrict y1, T c1,
+                  const T* __restrict x1, int64_t n) {
+#pragma omp simd
+  for (int64_t e = 0; e < n; ++e) {
+    y0[e] += c0 * x0[e];
+    y1[e] += c1 * x1[e];
+  }
+}
+
+// One query of the backward: dq in place, dpos into this thread's accumulators, and for dk/dv
+// either the updates themselves, into `dk`/`dv` (Direct: the outputs or this thread's private
+// copies), or the query's coefficients in `rec` (applied in phase B).
+template <typename T, bool Direct>
+void backward_query(const WindowAttentionBackward<T>& a, int64_t qi, Record<T>& rec, T* dk,
+                    T* dv, T* dpos_k, T* dpos_v, QueryScratch<T>& s) {
   const int64_t R = a.R, RR = R * R, G = (R + 1) * (R + 1), heads = a.heads, d = a.C / heads;
-  const int64_t qi = ((b * a.M + i) * a.H + y) * a.W + x;
+  const int64_t x = qi % a.W, y = (qi / a.W) % a.H, i = (qi / (a.W * a.H)) % a.M;
+  const int64_t b = qi / (a.W * a.H * a.M);
   const T* q = a.q + qi * a.C;
   const T* go = a.grad_out + qi * a.C;
   const T* o = a.out + qi * a.C;
   const T* lse = a.lse + qi * heads;
   T* dq = a.grad_q + qi * a.C;
   std::memset(dq, 0, sizeof(T) * size_t(a.C));
-  if (!build_geometry<T>(a, b, i, y, x, s)) return;
+  const bool any = build_geometry<T>(a, b, i, y, x, s);
+  // build_geometry leaves grid = -1 wherever nothing is read: phase B skips those pixels.
+  if (!Direct) std::memcpy(rec.koff, s.grid, sizeof(int64_t) * size_t(a.N * G));
+  if (!any) return;
   compute_logits<T>(a, q, s);
   const T scale = T(a.scale);
 
@@ -353,76 +457,152 @@ void backward_query(const WindowAttentionBackward<T>& a, int64_t b, int64_t i, i
         spread(s.coef_b, g, R, al, w);
         s.rows[count] = a.pos_k + c * a.C + h * d;
         s.coefs[count++] = gs;
-        axpy(dpos_k + c * a.C + h * d, gs, qh, d);
-        axpy(dpos_v + c * a.C + h * d, al, goh, d);
+        axpy2(dpos_k + c * a.C + h * d, gs, qh, dpos_v + c * a.C + h * d, al, goh, d);
       }
       for (int64_t t = 0; t < s.used; ++t) {
-        const int64_t off = grid[s.idx[t]] + h * d;
-        const T ck = s.coef_a[s.idx[t]], cv = s.coef_b[s.idx[t]];
-        s.rows[count] = a.k + off;
-        s.coefs[count++] = ck;
-        axpy(dk + off, ck, qh, d);
-        axpy(dv + off, cv, goh, d);
+        const int64_t g = s.idx[t];
+        s.rows[count] = a.k + grid[g] + h * d;
+        s.coefs[count++] = s.coef_a[g];
+        if (Direct) {
+          const int64_t off = grid[g] + h * d;
+          axpy2(dk + off, s.coef_a[g], qh, dv + off, s.coef_b[g], goh, d);
+        } else {
+          rec.kc[(n * G + g) * heads + h] = s.coef_a[g];
+          rec.vc[(n * G + g) * heads + h] = s.coef_b[g];
+        }
       }
       axpy_many(dq + h * d, s.coefs, s.rows, count, d);  // dq = sum gs (k + pos_k)
     }
   }
 }
 
+// Phase B: applies the records of queries [q0, q1) to this thread's channel segments of dk and
+// dv, in query order.
 template <typename T>
-void backward_impl(const WindowAttentionBackward<T>& a) {
-  const int64_t rows = a.B * a.M * a.H;
-  const int64_t kv = a.B * a.M * a.H * a.W * a.C;
-  const int64_t pos = a.N * a.R * a.R * a.C;
-  T* pos_base = a.scratch + (int64_t(a.num_threads) - 1) * 2 * kv;
-#pragma omp parallel num_threads(a.num_threads)
-  {
-    const int tid = omp_get_thread_num();
-    const int nt = omp_get_num_threads();
-    // dk/dv receive scattered updates from any query: thread 0 accumulates into the outputs,
-    // every other thread into a private copy summed at the end (no atomics, no races).
-    T* dk = tid == 0 ? a.grad_k : a.scratch + (int64_t(tid) - 1) * 2 * kv;
-    T* dv = tid == 0 ? a.grad_v : dk + kv;
-    T* dpk = pos_base + int64_t(tid) * 2 * pos;
-    T* dpv = dpk + pos;
-    std::memset(dk, 0, sizeof(T) * size_t(kv));
-    std::memset(dv, 0, sizeof(T) * size_t(kv));
-    std::memset(dpk, 0, sizeof(T) * size_t(2 * pos));
-#pragma omp barrier
-    {
-      QueryScratch<T> s(a.N, a.R, a.heads);
-      // Static schedule: each thread always gets the same rows, so the per-thread partial sums
-      // and hence dk, dv, dpos_* are bitwise reproducible for a given thread count.
-#pragma omp for schedule(static)
-      for (int64_t row = 0; row < rows; ++row) {
-        const int64_t y = row % a.H, i = (row / a.H) % a.M, b = row / (a.H * a.M);
-        for (int64_t x = 0; x < a.W; ++x) backward_query<T>(a, b, i, y, x, dk, dv, dpk, dpv, s);
+void scatter_chunk(const WindowAttentionBackward<T>& a, char* records, size_t record_bytes,
+                   int64_t q0, int64_t q1, const QueryScratch<T>& s) {
+  const int64_t G = (a.R + 1) * (a.R + 1), heads = a.heads, C = a.C;
+  for (int64_t qi = q0; qi < q1; ++qi) {
+    Carver carve(records + size_t(qi - q0) * record_bytes);
+    const Record<T> rec(carve, a.N, a.R, heads);
+    const T* qrow = a.q + qi * C;
+    const T* grow = a.grad_out + qi * C;
+    for (int64_t e = 0; e < a.N * G; ++e) {
+      const int64_t off = rec.koff[e];
+      if (off < 0) continue;
+      for (int64_t t = 0; t < s.segs; ++t) {
+        const int64_t lo = s.seg_lo[t], h = s.seg_h[t];
+        axpy2(a.grad_k + off + lo, rec.kc[e * heads + h], qrow + lo, a.grad_v + off + lo,
+              rec.vc[e * heads + h], grow + lo, s.seg_len[t]);
       }
-    }
-    // Implicit barrier above; now reduce the private copies.
-    if (nt > 1) {
-#pragma omp for schedule(static)
-      for (int64_t e = 0; e < kv; ++e) {
-        T sk = a.grad_k[e], sv = a.grad_v[e];
-        for (int t = 1; t < nt; ++t) {
-          sk += a.scratch[(int64_t(t) - 1) * 2 * kv + e];
-          sv += a.scratch[(int64_t(t) - 1) * 2 * kv + kv + e];
-        }
-        a.grad_k[e] = sk;
-        a.grad_v[e] = sv;
-      }
-    }
-#pragma omp for schedule(static)
-    for (int64_t e = 0; e < pos; ++e) {
-      T sk = 0, sv = 0;
-      for (int t = 0; t < nt; ++t) {
-        sk += pos_base[int64_t(t) * 2 * pos + e];
-        sv += pos_base[int64_t(t) * 2 * pos + pos + e];
-      }
-      a.grad_pos_k[e] = sk;
-      a.grad_pos_v[e] = sv;
     }
   }
+}
+
+// dk/dv receive scattered updates from any query, so threads cannot write them directly. Three
+// schemes, chosen by BackwardLayout (none uses atomics; all give bitwise reproducible results
+// for a given thread count):
+//  - direct (one thread): updates go straight to dk/dv.
+//  - private_copies (while (threads - 1) copies of dk/dv fit kPrivateBudget): thread 0
+//    updates dk/dv, every other thread its own copy, summed in thread order at the end.
+//  - records (otherwise): chunks of queries; phase A (split over queries, the FLOP-heavy part)
+//    computes dq and each query's dk/dv coefficients without writing dk/dv, then every thread
+//    applies the whole chunk's coefficients to its own slice of channels (phase B), in query
+//    order — so dk/dv are even bitwise the same for any thread count using this scheme.
+// dpos_k/dpos_v (N*R*R*C, small) are accumulated per thread and summed in thread order.
+// Static schedules: each thread always gets the same queries, so its partial sums are bitwise
+// reproducible for a given thread count.
+template <typename T>
+void backward_impl(const WindowAttentionBackward<T>& a) {
+  const BackwardLayout<T> L(a);
+  const int64_t Q = a.B * a.M * a.H * a.W;
+  const int64_t kv = Q * a.C, pos = a.N * a.R * a.R * a.C;
+  char* const base = static_cast<char*>(a.scratch);
+  char* const pos_base = base + size_t(a.num_threads) * L.query_bytes;
+  char* const extra = pos_base + size_t(a.num_threads) * L.pos_bytes;  // private copies or records
+  T* const copies = reinterpret_cast<T*>(extra);
+  int team = 1;
+#pragma omp parallel num_threads(a.num_threads)
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    if (tid == 0) team = nt;
+    Carver carve(base + size_t(tid) * L.query_bytes);
+    QueryScratch<T> s(carve, a.N, a.R, a.heads);
+    T* dpk = reinterpret_cast<T*>(pos_base + size_t(tid) * L.pos_bytes);
+    T* dpv = dpk + pos;
+    std::memset(dpk, 0, sizeof(T) * size_t(2 * pos));
+    Record<T> none;
+    if (L.scatter != Scatter::records) {
+      T* dk = tid == 0 ? a.grad_k : copies + (int64_t(tid) - 1) * 2 * kv;
+      T* dv = tid == 0 ? a.grad_v : dk + kv;
+      std::memset(dk, 0, sizeof(T) * size_t(kv));
+      std::memset(dv, 0, sizeof(T) * size_t(kv));
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (int64_t qi = 0; qi < Q; ++qi) backward_query<T, true>(a, qi, none, dk, dv, dpk, dpv, s);
+      // implicit barrier; now add the private copies, in thread order
+      if (nt > 1) {
+#pragma omp for schedule(static)
+        for (int64_t e = 0; e < kv; ++e) {
+          T sk = a.grad_k[e], sv = a.grad_v[e];
+          for (int t = 1; t < nt; ++t) {
+            sk += copies[(int64_t(t) - 1) * 2 * kv + e];
+            sv += copies[(int64_t(t) - 1) * 2 * kv + kv + e];
+          }
+          a.grad_k[e] = sk;
+          a.grad_v[e] = sv;
+        }
+      }
+    } else {
+      // This thread's channels: whole 64-byte lines (no false sharing inside a row), cut at
+      // head boundaries into segments.
+      const int64_t line = 64 / int64_t(sizeof(T)), units = (a.C + line - 1) / line;
+      const int64_t c0 = imin(a.C, units * tid / nt * line);
+      const int64_t c1 = imin(a.C, units * (tid + 1) / nt * line);
+      const int64_t d = a.C / a.heads;
+      s.segs = 0;
+      for (int64_t lo = c0; lo < c1;) {
+        const int64_t h = lo / d, hi = imin(c1, (h + 1) * d);
+        s.seg_h[s.segs] = h;
+        s.seg_lo[s.segs] = lo;
+        s.seg_len[s.segs++] = hi - lo;
+        lo = hi;
+      }
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < kv; ++e) a.grad_k[e] = a.grad_v[e] = T(0);
+      for (int64_t q0 = 0; q0 < Q; q0 += L.chunk) {
+        const int64_t q1 = imin(Q, q0 + L.chunk);
+#pragma omp for schedule(static)
+        for (int64_t qi = q0; qi < q1; ++qi) {
+          Carver rc(extra + size_t(qi - q0) * L.record_bytes);
+          Record<T> rec(rc, a.N, a.R, a.heads);
+          backward_query<T, false>(a, qi, rec, nullptr, nullptr, dpk, dpv, s);
+        }
+        // implicit barrier: the chunk's records are complete
+        if (s.segs) scatter_chunk<T>(a, extra, L.record_bytes, q0, q1, s);
+        if (q1 < Q) {
+#pragma omp barrier
+        }  // the next chunk overwrites the records
+      }
+    }
+  }
+  // dpos: the per-thread partial sums, in thread order (N*R*R*C elements: not worth a region).
+  for (int64_t e = 0; e < pos; ++e) {
+    T sk = 0, sv = 0;
+    for (int t = 0; t < team; ++t) {
+      const T* p = reinterpret_cast<const T*>(pos_base + size_t(t) * L.pos_bytes);
+      sk += p[e];
+      sv += p[pos + e];
+    }
+    a.grad_pos_k[e] = sk;
+    a.grad_pos_v[e] = sv;
+  }
+}
+
+template <typename T>
+size_t scratch_bytes(const WindowAttentionArgs<T>& a, bool backward) {
+  if (backward) return BackwardLayout<T>(a).total;
+  return size_t(a.num_threads) * QueryScratch<T>::bytes(a.N, a.R, a.heads);
 }
 
 }  // namespace
@@ -431,6 +611,14 @@ void window_attention_forward(const WindowAttentionForward<float>& a) { forward_
 void window_attention_forward(const WindowAttentionForward<double>& a) { forward_impl(a); }
 void window_attention_backward(const WindowAttentionBackward<float>& a) { backward_impl(a); }
 void window_attention_backward(const WindowAttentionBackward<double>& a) { backward_impl(a); }
+void window_attention_scratch_bytes(const WindowAttentionArgs<float>& a, bool backward,
+                                    size_t* bytes) {
+  *bytes = scratch_bytes(a, backward);
+}
+void window_attention_scratch_bytes(const WindowAttentionArgs<double>& a, bool backward,
+                                    size_t* bytes) {
+  *bytes = scratch_bytes(a, backward);
+}
 
 }  // namespace VSAD_ISA
 }  // namespace vsad

@@ -7,27 +7,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vsad._files import make_readable
+from vsad._atomic import atomic_write_text
 from vsad.eval.evaluator import METRIC_KEYS
 
 FORMATS = ("json", "csv", "md")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    make_readable(tmp)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _rows(results: Mapping) -> dict[str, dict[str, float]]:
@@ -90,13 +76,15 @@ def write_metrics(
     formats: Sequence[str] = FORMATS,
     details: Mapping | None = None,
     mean: bool = True,
+    extra: Mapping | None = None,
 ) -> list[Path]:
     """Writes <out_dir>/<name>.json, .csv and .md; returns the paths.
 
     results: a metrics dict (as Evaluator.compute() returns) or {row name: metrics dict}
     (e.g. one row per category). JSON and CSV hold fractions (NaN as null / empty); the
     Markdown table shows percentages. details (e.g. Evaluator.details(), or {row name:
-    details}) goes into the JSON only.
+    details}) goes into the JSON only, as do the top-level keys of `extra` (e.g.
+    {"decisions": ...}, the metrics at the stored thresholds).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -111,8 +99,10 @@ def write_metrics(
             payload["mean"] = {c: _clean(v) for c, v in mean_row(rows).items()}
         if details is not None:
             payload["details"] = _sanitize(details)
+        for key, value in (extra or {}).items():
+            payload[str(key)] = _sanitize(value)
         path = out_dir / f"{name}.json"
-        _atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
         written.append(path)
     if "csv" in formats:
         buffer = io.StringIO()
@@ -122,11 +112,11 @@ def write_metrics(
             cells = [_clean(row.get(c, float("nan"))) for c in columns]
             writer.writerow([row_name, *("" if v is None else repr(v) for v in cells)])
         path = out_dir / f"{name}.csv"
-        _atomic_write_text(path, buffer.getvalue())
+        atomic_write_text(path, buffer.getvalue())
         written.append(path)
     if "md" in formats:
         path = out_dir / f"{name}.md"
-        _atomic_write_text(path, metrics_table(results, mean=mean))
+        atomic_write_text(path, metrics_table(results, mean=mean))
         written.append(path)
     return written
 
@@ -164,7 +154,7 @@ def write_sample_scores(rows: Sequence[Mapping], path: str | os.PathLike) -> Pat
             ]
         )
     path = Path(path)
-    _atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
     return path
 
 

@@ -1,4 +1,4 @@
-"""Checks shared by the geometry modules: one 3x3 homography, and atomic text writes.
+"""Checks shared by the geometry modules: one 3x3 homography.
 
 Every public entry point validates its inputs here, at the boundary, so that a bad matrix is
 reported where it came from (a file and key, a pair of views) instead of surfacing later as NaNs
@@ -7,13 +7,7 @@ inside a kernel.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
-
-from vsad._files import make_readable
 
 # A homography whose smallest singular value is below this fraction of its largest maps the
 # plane onto (almost) a line: no pixel of one view can be located in the other.
@@ -47,23 +41,3 @@ def check_homography(matrix, where: str) -> np.ndarray:
             "(pixel (0, 0) would map to infinity)"
         )
     return H / H[2, 2]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Writes `text` to `path` through a temporary file in the same folder and os.replace, so a
-    reader never sees a half-written file and a crash leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    make_readable(tmp)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

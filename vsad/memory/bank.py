@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -107,15 +106,11 @@ class MemoryBank:
         """safetensors file, written to a temporary name and renamed into place (atomic)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        from vsad._atomic import atomic_path
+
         meta = {"format": FORMAT_VERSION, "dtype": BANK_DTYPES[self.dtype], "dim": str(self.dim)}
-        try:
-            save_file({"features": self.features}, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"features": self.features}, tmp, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> MemoryBank:
