@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import vsad
-from vsad.cli import main
+from vsad.cli import MODELS, main
 
 
 def test_info_reports_backends(capsys):
@@ -13,7 +14,7 @@ def test_info_reports_backends(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["vsad"] == vsad.__version__
     assert info["backends"]["cpp"] is True
-    assert info["backends"]["cpu_isa"] in ("generic", "avx2", "avx512")
+    assert info["backends"]["cpu_isa"] in ("generic", "avx2", "avx512", "avx512_bf16")
 
 
 def test_help_and_unknown_command(capsys):
@@ -36,7 +37,7 @@ def realiad_root(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("model", ["patchknn", "vsad"])
+@pytest.mark.parametrize("model", ["patchknn", "vsad", "patchcore"])
 def test_train_test_predict_on_a_realiad_tree(model, realiad_root, tmp_path, capsys):
     run = tmp_path / "run"
     tiny = ["image_size=64", "train.steps=2", "inversion_steps=1"] if model == "vsad" else []
@@ -44,7 +45,7 @@ def test_train_test_predict_on_a_realiad_tree(model, realiad_root, tmp_path, cap
     args += ["--image-size", "80"]  # views resized on load; predict must do the same
     assert main([*args, "--model", model, "--quiet", "image_size=64", *tiny]) == 0
     info = json.loads((run / "run.json").read_text())
-    assert info["detector"] == {"vsad": "VSAD", "patchknn": "PatchKNN"}[model]
+    assert info["detector"] == MODELS[model]
     assert info["versions"]["vsad"] == vsad.__version__ and info["config"]["image_size"] == 64
     assert (run / "model" / "detector.json").is_file()
 
@@ -56,7 +57,16 @@ def test_train_test_predict_on_a_realiad_tree(model, realiad_root, tmp_path, cap
     assert (out / "metrics.csv").is_file() and "S-AUROC" in (out / "metrics.md").read_text()
     assert (out / "metrics.json").stat().st_mode & 0o044, "results must be readable like any file"
     assert (out / "roc.png").is_file() and len(list((out / "overlays").glob("*_panel.png"))) == 2
-    assert "| toy" in capsys.readouterr().out
+    for name in ("report.html", "curves.png", "scores_hist.png"):
+        assert (out / name).is_file(), name
+    decisions = json.loads((out / "metrics.json").read_text())["decisions"]
+    assert decisions["thresholds"]["source"] == "train-loo"
+    for level in ("sample", "view"):
+        assert set(decisions[level]["confusion"]) == {"tp", "fp", "tn", "fn"}
+        assert 0.0 <= decisions[level]["frr"] <= 1.0 and 0.0 <= decisions[level]["escape_rate"] <= 1
+    assert len(decisions["per_view"]) == 5
+    printed = capsys.readouterr().out
+    assert "| toy" in printed and "at the stored thresholds" in printed
 
     from vsad.data import open_dataset
 
@@ -65,6 +75,72 @@ def test_train_test_predict_on_a_realiad_tree(model, realiad_root, tmp_path, cap
     assert main(["predict", "--run", str(run), *files, "--out", str(tmp_path / "pred")]) == 0
     predictions = json.loads((tmp_path / "pred" / "predictions.json").read_text())["predictions"]
     assert len(predictions) == 1 and len(predictions[0]["view_scores"]) == 5
+    decided = json.loads((tmp_path / "pred" / "decisions.json").read_text())
+    assert decided["samples"][0]["decision"] in ("OK", "NG") and decided["summary"]["samples"] == 1
+    assert (tmp_path / "pred" / "decisions.csv").read_text().startswith("sample,decision,score")
+    assert "1 samples: " in capsys.readouterr().out
+
+
+def test_calibrate_and_predict_decisions(realiad_root, tmp_path, capsys):
+    from vsad.data import open_dataset
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(realiad_root), "--category", "toy", "--out", str(run)]
+    with pytest.warns(UserWarning, match="needs at least 19 normal scores, got 4"):
+        assert main([*args, "--model", "patchknn", "--quiet", "image_size=64"]) == 0
+    meta_path = run / "model" / "detector.json"
+    loo = json.loads(meta_path.read_text())
+    assert loo["thresholds"]["source"] == "train-loo" and loo["thresholds"]["n_normal"] == 4
+
+    # Another target from the stored training scores (no data), then F1 on a labelled split.
+    assert main(["calibrate", "--run", str(run), "--fpr", "0.4"]) == 0
+    assert json.loads(meta_path.read_text())["thresholds"]["fpr"] == 0.4
+    assert main(["calibrate", "--run", str(run), "--split", "test", "--f1", "--quiet"]) == 0
+    f1 = json.loads(meta_path.read_text())["thresholds"]
+    assert f1["source"] == "validation" and f1["criterion"] == "f1"
+    assert "F1-optimal" in capsys.readouterr().out
+
+    # Manual thresholds override both; predict decides with them and draws the NG views.
+    normal = np.ravel(loo["normal_scores"]["view"])
+    view_t, sample_t = float(np.min(normal)), float(np.max(loo["normal_scores"]["sample"]))
+    assert main(["calibrate", "--run", str(run), "--view-threshold", str(view_t),
+                 "--sample-threshold", str(sample_t)]) == 0  # fmt: skip
+    assert json.loads(meta_path.read_text())["thresholds"]["source"] == "manual"
+    test = open_dataset(realiad_root, "toy", "test")
+    files = [str(p) for r in test.records[:2] for p in r.image_paths]
+    pred = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), *files, "--out", str(pred)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    decided = json.loads((pred / "decisions.json").read_text())
+    assert decided["thresholds"]["view"] == view_t
+    for k, record in enumerate(decided["samples"]):
+        assert record["decision"] == ("NG" if record["score"] > sample_t else "OK")
+        above = [v for v, s in enumerate(record["view_scores"]) if s > min(view_t, sample_t)]
+        assert record["ng_views"] == (above if record["decision"] == "NG" else [])
+        drawn = sorted(int(p.stem.rsplit("view", 1)[1]) for p in pred.glob(f"sample{k:04d}_view*"))
+        assert drawn == record["ng_views"]
+        assert printed[k].startswith(f"sample{k:04d}: {record['decision']}  score ")
+    assert printed[2].startswith("2 samples: ") and "manual" in printed[2]
+
+    # Bad input is named; nothing is rewritten.
+    before = meta_path.read_text()
+    assert main(["calibrate", "--run", str(run), "--fpr", "1.5"]) == 2
+    assert "fpr: got 1.5, expected a false-reject rate strictly between 0 and 1" in (
+        capsys.readouterr().err
+    )
+    assert main(["calibrate", "--run", str(run), "--sample-threshold=-1e6"]) == 2
+    assert "sample_threshold: got -1e+06, below every known normal" in capsys.readouterr().err
+    assert meta_path.read_text() == before
+
+    # A model saved before thresholds existed: scores, no decision, a warning naming the fix.
+    meta = json.loads(before)
+    del meta["thresholds"], meta["normal_scores"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="vsad calibrate"):
+        assert main(["predict", "--run", str(run), *files[:5], "--out", str(pred)]) == 0
+    assert "n/a (uncalibrated)" in capsys.readouterr().out
+    assert json.loads((pred / "decisions.json").read_text())["samples"][0]["decision"] is None
 
 
 def test_cli_errors_name_the_problem(realiad_root, tmp_path, capsys):

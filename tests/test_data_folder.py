@@ -179,14 +179,30 @@ def test_read_image_converts_grey_alpha_and_16_bit(tmp_path, np_rng):
     )
 
 
-def test_read_mask_binarises_any_nonzero(tmp_path, np_rng):
-    values = np_rng.integers(0, 3, (H, W)).astype(np.uint8)  # 0/1/2 palette-like
-    _png(tmp_path / "m.png", values)
-    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), values > 0)
+def test_read_mask_accepts_binary_masks_and_rejects_grey_ones(tmp_path, np_rng):
+    for on in (1, 255):  # 0/1 palette and 0/255 greyscale
+        values = (np_rng.random((H, W)) < 0.3).astype(np.uint8) * on
+        _png(tmp_path / f"m{on}.png", values)
+        np.testing.assert_array_equal(read_mask(tmp_path / f"m{on}.png"), values > 0)
     rgb = np.zeros((H, W, 3), np.uint8)
-    rgb[2:4, 3:5, 1] = 200
+    rgb[2:4, 3:5, 1] = 200  # one flat colour per defect is fine
+    rgb[5:7, 3:5, 0] = 255
     _png(tmp_path / "rgb.png", rgb)
     np.testing.assert_array_equal(read_mask(tmp_path / "rgb.png"), rgb.any(axis=2))
+    # A blurred (or JPEG-compressed) mask and a class-index map are not binary masks.
+    grey = np.zeros((H, W), np.uint8)
+    grey[4:8, 4:8], grey[3, 4:8] = 255, 128
+    _png(tmp_path / "grey.png", grey)
+    with pytest.raises(DatasetError, match=r"grey\.png' holds the values 0, 128, 255"):
+        read_mask(tmp_path / "grey.png")
+    _png(tmp_path / "classes.png", np_rng.integers(0, 3, (H, W)).astype(np.uint8))
+    with pytest.raises(DatasetError, match="classes.png"):
+        read_mask(tmp_path / "classes.png")
+    edge = rgb.copy()
+    edge[4, 3:5, 1] = 90  # an anti-aliased edge of the green defect
+    _png(tmp_path / "edge.png", edge)
+    with pytest.raises(DatasetError, match="edge.png"):
+        read_mask(tmp_path / "edge.png")
 
 
 def test_write_roundtrip_is_atomic_and_validates(tmp_path, np_rng):

@@ -27,6 +27,7 @@ from vsad.geometry import (
     scale_homography,
     view_graph,
 )
+from vsad.geometry.views import from_dense_dict
 
 SIZE = (256, 256)
 
@@ -195,9 +196,9 @@ def test_fallback_on_a_view_without_overlap(np_rng, caplog):
     ]
     graph = view_graph("all", 3)
     with pytest.raises(HomographyError, match=r"views 0 -> 2: .*views 1 -> 2: ") as raised:
-        estimate_view_homographies(samples, graph)
+        estimate_view_homographies(samples, graph, fallback="error")
     assert "2 of 3 view pairs from 3 samples" in str(raised.value)
-    assert "fallback='identity'" in str(raised.value)
+    assert "fallback='drop'" in str(raised.value) and "fallback='identity'" in str(raised.value)
 
     homs = estimate_view_homographies(samples, graph, fallback="identity")
     status = {(r.i, r.j): r.status for r in homs.report}
@@ -210,6 +211,40 @@ def test_fallback_on_a_view_without_overlap(np_rng, caplog):
     np.testing.assert_array_equal(homs.pair(0, 2), np.eye(3))
     assert corner_error(homs.pair(0, 1), H_true, SIZE) < 1.0
     assert "identity fallback" in caplog.text
+
+
+def test_default_leaves_a_failing_pair_out_of_the_graph(np_rng):
+    """An open arc of cameras under a ring graph: the two ends do not overlap. The pair is
+    dropped with a warning naming it; the other pairs and the views stay."""
+    H_true = random_perspective(np_rng, SIZE, 30.0)
+    samples = [
+        [*views, np_rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)]
+        for views in two_view_samples(np_rng, H_true, 3, sigma=3.0, contrast=1.0)
+    ]
+    graph = view_graph("all", 3)
+    with pytest.warns(UserWarning, match=r"homography 0 -> 2: left out of the view graph") as w:
+        homs = estimate_view_homographies(samples, graph)
+    assert len([m for m in w if "left out" in str(m.message)]) == 2  # one per unordered pair
+    status = {(r.i, r.j): r.status for r in homs.report}
+    assert status == {
+        (0, 1): "ok", (0, 2): "dropped", (1, 0): "ok",
+        (1, 2): "dropped", (2, 0): "dropped", (2, 1): "dropped",
+    }  # fmt: skip
+    np.testing.assert_array_equal(homs.neighbors, [[1, -1], [0, -1], [-1, -1]])
+    np.testing.assert_array_equal(graph, view_graph("all", 3))  # the argument is not changed
+    assert corner_error(homs.pair(0, 1), H_true, SIZE) < 1.0
+    with pytest.raises(KeyError):
+        homs.pair(0, 2)
+    assert [(r.i, r.j) for r in homs.dropped_pairs()] == [(0, 2), (1, 2), (2, 0), (2, 1)]
+    summary = homs.summary()
+    assert "view pairs used: 2 (0->1, 1->0)" in summary
+    assert "0<->2 left out" in summary and "1<->2 left out" in summary
+    # The report survives the JSON round trip with its new status.
+    restored = from_dense_dict(
+        {"neighbors": homs.neighbors.tolist(), "H": homs.H.tolist(),
+         "report": [r.to_dict() for r in homs.report]}, "test",
+    )  # fmt: skip
+    assert [r.status for r in restored.report] == [r.status for r in homs.report]
 
 
 def test_synthetic_rig_recovers_exact_homographies():

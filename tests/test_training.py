@@ -44,7 +44,7 @@ def test_checkpoint_resume_is_exact(rng, tmp_path):
 
     first = make_trainer(torch.Generator().manual_seed(1), steps=2, checkpoint_every=2)
     first.fit(latents, tmp_path, progress=False)
-    assert (tmp_path / "checkpoint.pt").is_file()
+    assert (tmp_path / "checkpoint.safetensors").is_file()
     assert not list(tmp_path.glob(".*tmp*")), "temporary checkpoint file left behind"
     resumed = make_trainer(torch.Generator().manual_seed(1), steps=4)
     resumed.fit(latents, tmp_path, progress=False)
@@ -53,6 +53,67 @@ def test_checkpoint_resume_is_exact(rng, tmp_path):
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_checkpoint_round_trip_restores_every_state(rng, tmp_path):
+    latents = torch.randn(2, M, 4, 16, 16, generator=rng)
+    trainer = make_trainer(torch.Generator().manual_seed(2), steps=2)
+    trainer.fit(latents, progress=False)
+    trainer.save_checkpoint(tmp_path / "c.safetensors")
+    fresh = make_trainer(torch.Generator().manual_seed(2), steps=2)
+    fresh.load_checkpoint(tmp_path / "c.safetensors")
+    assert fresh.step == 2
+    assert torch.equal(fresh.null_text, trainer.null_text)
+    assert torch.equal(fresh.generator.get_state(), trainer.generator.get_state())
+    want, got = trainer.optimizer.state_dict(), fresh.optimizer.state_dict()
+    assert got["param_groups"] == want["param_groups"]
+    assert got["state"].keys() == want["state"].keys()
+    for index, values in want["state"].items():
+        for key, value in values.items():
+            assert torch.equal(got["state"][index][key], value), (index, key)
+
+
+class _RunsCode:
+    """Unpickling this object creates a file: proof that a loader executed pickled code."""
+
+    marker = None
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _pickled_checkpoint(path, marker):
+    _RunsCode.marker = marker
+    torch.save({"model": {}, "step": 1, "payload": _RunsCode()}, path)
+
+
+def test_a_pickle_checkpoint_is_refused_unread(rng, tmp_path):
+    marker = tmp_path / "code-ran"
+    _pickled_checkpoint(tmp_path / "evil.safetensors", marker)
+    trainer = make_trainer(rng)
+    with pytest.raises(ValueError, match="not a vsad safetensors checkpoint.*refused"):
+        trainer.load_checkpoint(tmp_path / "evil.safetensors")
+    # An old-style checkpoint.pt in a run folder: an error naming it, never a silent restart.
+    run = tmp_path / "run"
+    run.mkdir()
+    _pickled_checkpoint(run / "checkpoint.pt", marker)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt.*unpickling can run arbitrary code"):
+        trainer.fit(torch.randn(2, M, 4, 16, 16, generator=rng), run, progress=False)
+    assert not marker.exists(), "loading a checkpoint executed pickled code"
+    assert trainer.step == 0
+
+
+def test_a_safetensors_file_without_training_state_is_refused(rng, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="no 'vsad_checkpoint' header entry"):
+        make_trainer(rng).load_checkpoint(tmp_path / "other.safetensors")
+    save_file(
+        {"x": torch.zeros(2)}, tmp_path / "v9.safetensors", {"vsad_checkpoint": '{"format": 9}'}
+    )
+    with pytest.raises(ValueError, match="format 9, expected 1"):
+        make_trainer(rng).load_checkpoint(tmp_path / "v9.safetensors")
 
 
 def test_warp_to_view_recovers_a_translated_image(rng):

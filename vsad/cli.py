@@ -1,11 +1,15 @@
-"""The `vsad` command: info, train, test, predict, demo.
+"""The `vsad` command: info, train, test, calibrate, predict, demo.
 
 A run folder (`--out RUN` of `vsad train`) holds:
     RUN/run.json           config, data source, versions, backends, machine, timings, losses
     RUN/model/             the fitted detector (detector.json + safetensors), see VSAD.save
     RUN/checkpoints/       training checkpoints (a rerun with the same --out resumes)
-    RUN/test/<category>/   what `vsad test` writes: metrics.{json,csv,md}, scores.csv, roc.png,
-                           overlays/
+    RUN/test/<category>/   what `vsad test` writes: report.html, metrics.{json,csv,md} (the
+                           decisions at the stored thresholds under "decisions" in the JSON),
+                           scores.csv, roc.png, curves.png, scores_hist.png, overlays/
+    RUN/predictions/       what `vsad predict` writes: decisions.{csv,json}, predictions.json,
+                           overlays (panels; full-size overlays of the NG views)
+`vsad calibrate` rewrites the thresholds in RUN/model/detector.json (vsad/cli_decisions.py).
 Everything is written to a temporary name and renamed into place.
 """
 
@@ -22,8 +26,17 @@ from pathlib import Path
 import torch
 
 import vsad
+from vsad._atomic import atomic_path, atomic_write_json
+from vsad.cli_decisions import (
+    add_calibrate_parser,
+    decision_record,
+    evaluation_line,
+    sample_line,
+    total_line,
+    write_decisions,
+)
 
-MODELS = {"vsad": "VSAD", "patchknn": "PatchKNN"}
+MODELS = {"vsad": "VSAD", "patchknn": "PatchKNN", "patchcore": "PatchCore"}
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -52,10 +65,7 @@ def _machine() -> dict:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, payload, default=str)
 
 
 def _detector_class(name: str):
@@ -134,6 +144,9 @@ def _train(args: argparse.Namespace) -> int:
         fit_args.update(work_dir=run / "checkpoints", homographies=args.homographies)
     detector.fit(train, **fit_args)
     seconds = time.perf_counter() - start
+    homographies = getattr(detector, "homographies", None)
+    if homographies is not None:
+        print(homographies.summary())
     detector.save(run / "model")
     _write_json(
         run / "run.json",
@@ -149,6 +162,12 @@ def _train(args: argparse.Namespace) -> int:
                 "train_samples": len(train),
             },
             "fit_seconds": seconds,
+            "view_pairs": None
+            if homographies is None
+            else {
+                "summary": homographies.summary(),
+                "pairs": [r.to_dict() for r in homographies.report],
+            },
             "losses": getattr(detector, "history", [])[-1:],
             "versions": _versions(),
             "backends": vsad.backends(),
@@ -160,10 +179,25 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _run_info(run: Path) -> dict:
+    """run.json of a `vsad train` folder, checked for what the commands read from it."""
     path = run / "run.json"
     if not path.is_file():
         raise SystemExit(f"vsad: --run {run}: no run.json there; expected a `vsad train` folder")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--run: '{path}' is not valid JSON ({err})") from None
+    data = info.get("data") if isinstance(info, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--run: '{path}' has no \"data\" object (got {data!r}); expected the run.json "
+            "`vsad train` writes, or pass --data and --category"
+        )
+    for key, kinds in (("root", (str,)), ("category", (str,)), ("format", (str,)),
+                       ("image_size", (int, type(None)))):  # fmt: skip
+        if key in data and not isinstance(data[key], kinds):
+            raise ValueError(f"--run: '{path}' data[{key!r}] is {data[key]!r}, of the wrong type")
+    return info
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -173,23 +207,39 @@ def _test(args: argparse.Namespace) -> int:
     run = Path(args.run)
     info = _run_info(run)
     data = info["data"]
-    args.data = args.data or data["root"]
+    args.data = args.data or data.get("root")
     args.format = args.format if args.format != "auto" else data.get("format", "auto")
-    args.category = args.category or data["category"]
+    args.category = args.category or data.get("category")
+    if not args.data or not args.category:
+        raise ValueError(
+            f"--run: {run / 'run.json'} names no data root or category; pass --data and --category"
+        )
     if args.image_size is None:
         args.image_size = data.get("image_size")
     detector = load_detector(run / "model")
     test = _open(args, "test")
     out = Path(args.out) if args.out else run / "test" / args.category
     timings: dict = {}
+    decisions: dict = {}
     start = time.perf_counter()
     metrics = evaluate_detector(
-        detector, test, out, overlays=args.overlays, progress=not args.quiet, timings=timings
+        detector,
+        test,
+        out,
+        overlays=args.overlays,
+        progress=not args.quiet,
+        timings=timings,
+        decisions=decisions,
+        worst=args.worst,
+        run_config=info,
+        title=f"{args.category} — {type(detector).__name__} ({run})",
     )
     print_table(metrics, args.category)
+    print(evaluation_line(decisions or None))
     print(
         f"{len(test)} samples in {time.perf_counter() - start:.0f} s; results in {out} "
-        "(metrics.json, metrics.csv, metrics.md, scores.csv, roc.png, overlays/)"
+        "(report.html, metrics.json, metrics.csv, metrics.md, scores.csv, roc.png, curves.png, "
+        "scores_hist.png, overlays/)"
     )
     return 0
 
@@ -224,6 +274,8 @@ def _group(paths: list[Path], views: int) -> list[tuple[str, list[Path]]]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from vsad.data import read_image
     from vsad.data.imageio import resize_image
     from vsad.detector import load_detector
@@ -233,13 +285,14 @@ def _predict(args: argparse.Namespace) -> int:
     detector = load_detector(run / "model" if (run / "model").is_dir() else run)
     groups = _group([Path(p) for p in args.images], detector.num_views)
     out = Path(args.out) if args.out else run / "predictions"
-    results = []
+    results, records = [], []
     for sample_id, group in groups:
         images = [read_image(p) for p in group]
         if images and images[0].shape[:2] != tuple(detector.view_size):
             # The run's data were resized on load (--image-size): do the same here.
             images = [resize_image(im, tuple(detector.view_size)) for im in images]
         prediction = detector.predict(images)
+        t = prediction.thresholds
         save_overlays(
             out,
             sample_id,
@@ -247,13 +300,16 @@ def _predict(args: argparse.Namespace) -> int:
             prediction.maps,
             view_scores=prediction.view_scores,
             sample_score=prediction.score,
+            threshold=None if t is None else t["view"],
+            sample_threshold=None if t is None else t["sample"],
+            # Full-size overlays of the views that need a look (all of them when uncalibrated).
+            per_view=True if prediction.view_ng is None else np.flatnonzero(prediction.view_ng),
         )
         if args.save_maps:
-            import numpy as np
-
             from vsad.viz import safe_name
 
-            np.save(out / f"{safe_name(sample_id)}_maps.npy", prediction.maps)
+            with atomic_path(out / f"{safe_name(sample_id)}_maps.npy") as tmp:
+                np.save(tmp, prediction.maps)
         results.append(
             {
                 "sample": sample_id,
@@ -262,12 +318,12 @@ def _predict(args: argparse.Namespace) -> int:
                 "view_scores": [float(s) for s in prediction.view_scores],
             }
         )
-        print(
-            f"{sample_id}: score {prediction.score:.4f}  views "
-            + " ".join(f"{s:.4f}" for s in prediction.view_scores)
-        )
+        records.append(decision_record(sample_id, [str(p) for p in group], prediction))
+        print(sample_line(sample_id, prediction))
     _write_json(out / "predictions.json", {"predictions": results})
-    print(f"overlays and predictions.json in {out}")
+    write_decisions(out, records, detector.thresholds)
+    print(total_line([r["decision"] for r in records], detector.thresholds))
+    print(f"overlays, decisions.csv, decisions.json and predictions.json in {out}")
     return 0
 
 
@@ -301,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="fit a detector on the normal training samples of a category",
-        description="Fit VSAD (default) or the PatchKNN baseline and save it in a run folder. "
+        description="Fit VSAD (default), the PatchKNN baseline or PatchCore and save it in a "
+        "run folder. "
         "Trailing key=value arguments override the config, e.g. train.steps=300 "
         "bank_mode=global feature_levels=[-1].",
     )
@@ -319,14 +376,21 @@ def build_parser() -> argparse.ArgumentParser:
         "test",
         help="evaluate a run on a test split: metrics, scores, ROC curves, overlays",
         description="Writes metrics.json/.csv/.md (S-AUROC, V-AUROC, P-AUROC, AUPRO, AP, "
-        "F1-max), scores.csv, roc.png and overlay pictures. Data options default to the run's.",
+        "F1-max; false-reject and escape rates, precision, recall and confusion matrices at "
+        "the stored thresholds), scores.csv, roc.png, curves.png, scores_hist.png, overlay "
+        "pictures and report.html. Data options default to the run's.",
     )
     test.add_argument("--run", required=True, help="run folder written by `vsad train`")
     _add_data_arguments(test, required=False)
     test.add_argument("--out", help="output folder (default RUN/test/<category>)")
     test.add_argument("--overlays", type=int, default=16, help="overlay panels to draw")
+    test.add_argument(
+        "--worst", type=int, default=4, help="worst false rejects and escapes in report.html"
+    )
     test.add_argument("--quiet", action="store_true", help="no progress bars")
     test.set_defaults(func=_test)
+
+    add_calibrate_parser(sub, _add_data_arguments)
 
     predict = sub.add_parser(
         "predict",

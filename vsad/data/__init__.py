@@ -1,5 +1,6 @@
-"""Multi-view datasets: Real-IAD, MANTA-Tiny, a generic folder layout, and a synthetic
-generator with exact ground truth.
+"""Multi-view datasets: Real-IAD, MANTA-Tiny, a generic folder layout, a synthetic generator
+with exact ground truth, and a benchmark builder from real multi-view photographs
+(`make_photo_category`: real objects, made-up unit variation, nuisances and defects).
 
 Every reader is a lazy split (`MultiViewDataset`: len, iteration, indexing, `num_views`,
 `split`, `category`, `labels`) of `MultiViewSample`s — M views of one object with per-view
@@ -22,6 +23,13 @@ from vsad.data.folder import FolderDataset, folder_categories
 from vsad.data.formats import FORMATS, detect_format, list_categories, open_dataset
 from vsad.data.imageio import read_image, read_mask, write_image, write_mask
 from vsad.data.manta import MantaTinyDataset, manta_categories
+from vsad.data.photo import (
+    PHOTO_DEFECT_TYPES,
+    PRESETS,
+    PhotoCategory,
+    PhotoPreset,
+    make_photo_category,
+)
 from vsad.data.realiad import RealIADDataset, realiad_categories
 from vsad.data.sample import MultiViewDataset, MultiViewSample, SampleRecord
 from vsad.data.synthetic import (
@@ -36,6 +44,10 @@ from vsad.data.textures import default_texture, load_textures
 __all__ = [
     "DEFECT_TYPES",
     "FORMATS",
+    "PHOTO_DEFECT_TYPES",
+    "PRESETS",
+    "PhotoCategory",
+    "PhotoPreset",
     "DatasetError",
     "FolderDataset",
     "MantaTinyDataset",
@@ -52,6 +64,7 @@ __all__ = [
     "list_categories",
     "load_textures",
     "make_category",
+    "make_photo_category",
     "manta_categories",
     "open_dataset",
     "read_image",

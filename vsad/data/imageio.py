@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from vsad._files import make_readable
+from vsad._atomic import atomic_write_bytes
 from vsad.data.errors import DatasetError, MissingFileError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -67,11 +66,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Reads a ground-truth mask as an (H, W) bool array: a pixel is defective iff any channel
-    is non-zero (masks come as 0/255 greyscale, 0/1 palette or RGB)."""
+    is non-zero. Masks must be binary — 0 and one "on" value per file (255, or 1 for palette
+    masks; RGB masks may colour the defect) — so that a blurred or JPEG-compressed mask, whose
+    grey edge pixels would silently become defective, is rejected with its path."""
     raw = _read_raw(path, "mask")
-    if raw.ndim == 3:
-        return np.ascontiguousarray(raw.any(axis=2))
-    return raw > 0
+    if raw.ndim == 2:
+        values = np.unique(raw)
+        if np.count_nonzero(values) > 1:
+            shown = ", ".join(str(int(v)) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+            raise DatasetError(
+                f"mask file is not binary: '{Path(path)}' holds the values {shown}; expected 0 "
+                "and one other value (0/255 or 0/1)"
+            )
+        return raw > 0
+    colours = np.unique(raw.reshape(-1, raw.shape[2]), axis=0)
+    on = colours[colours.any(axis=1)]
+    if len(on) > 1 and _has_grey_levels(on):
+        raise DatasetError(
+            f"mask file is not binary: '{Path(path)}' holds {len(colours)} colours with "
+            "intermediate levels; expected black and flat colours (0/255 or 0/1 per channel)"
+        )
+    return np.ascontiguousarray(raw.any(axis=2))
+
+
+def _has_grey_levels(colours: np.ndarray) -> bool:
+    """Whether RGB(A) mask colours use levels other than 0 and one maximum per channel (several
+    flat colours, e.g. one per defect, are allowed; anti-aliased edges are not)."""
+    top = colours.max(axis=0)
+    return bool(np.any((colours != 0) & (colours != top)))
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -93,22 +115,6 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return mask
     resized = cv2.resize(mask.view(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
     return resized > 0
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to a temporary file in the destination folder, then renames it into place,
-    so a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    make_readable(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _encode(path: Path, array: np.ndarray, params: list[int]) -> bytes:
@@ -145,7 +151,6 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "atomic_write_bytes",
     "read_image",
     "read_mask",
     "resize_image",

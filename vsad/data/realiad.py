@@ -133,6 +133,16 @@ class RealIADDataset(MultiViewDataset):
         self.json_path = self.root / json_dir / f"{category}.json"
         data = self._read_json()
         self.meta: dict = data.get("meta", {})
+        if not isinstance(self.meta, dict):
+            raise DatasetError(
+                f"'{self.json_path}': \"meta\" is a {type(self.meta).__name__}, expected an "
+                "object (keys prefix, normal_class, ...)"
+            )
+        for key in ("prefix", "normal_class"):
+            if key in self.meta and not isinstance(self.meta[key], str):
+                raise DatasetError(
+                    f"'{self.json_path}': meta[{key!r}] is {self.meta[key]!r}, expected a string"
+                )
         entries = data.get(split)
         if not isinstance(entries, list):
             raise DatasetError(f"'{self.json_path}' has no list named {split!r}")
@@ -184,19 +194,30 @@ class RealIADDataset(MultiViewDataset):
             f"tried {[str(p) for p in tried] or 'no realiad_<res> folder under ' + str(self.root)}"
         )
 
-    def _entry_field(self, entry, key: str, index: int):
-        if not isinstance(entry, dict) or key not in entry:
+    def _entry_field(self, entry, key: str, index: int, *, optional: bool = False):
+        """entry[key] as a string (None for an absent or null optional field), or a
+        DatasetError naming the file, the entry, the key and the value."""
+        if not isinstance(entry, dict) or (key not in entry and not optional):
             raise DatasetError(
                 f"'{self.json_path}': entry {index} of the {self.split} split has no {key!r} "
                 f"(got {entry!r})"
             )
-        return entry[key]
+        value = entry.get(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value:
+            raise DatasetError(
+                f"'{self.json_path}': entry {index} of the {self.split} split has {key!r} = "
+                f"{value!r}, expected a non-empty string" + (" or null" if optional else "")
+            )
+        return value
 
     def _group(self, entries: list) -> list[SampleRecord]:
         folders: dict[str, list[tuple[int, dict]]] = {}
         for i, entry in enumerate(entries):
             image_path = self._entry_field(entry, "image_path", i)
             self._entry_field(entry, "anomaly_class", i)
+            self._entry_field(entry, "mask_path", i, optional=True)
             folder = str(PurePosixPath(image_path).parent)
             folders.setdefault(folder, []).append((camera_index(image_path), entry))
         records = []

@@ -3,18 +3,23 @@
 
 - `VSAD`: ViewSense-AD, the paper's model (homographies, VALDM with MVAM + FRM, DDIM-inversion
   features, multi-level memory bank).
-- `PatchKNN`: raw-pixel patches through the same bank and scoring — the sanity baseline.
+- `PatchKNN`: raw-pixel patches through the same bank and scoring — the sanity baseline
+  (or, with `backbone=`, frozen ImageNet features).
+- `PatchCore`: PatchKNN on pretrained EfficientNet-Lite features with PatchCore's settings
+  (global coreset bank, raw distances).
 """
 
 from vsad.detector.base import BankDetector, Prediction, load_detector
-from vsad.detector.config import DetectorConfig, PatchKNNConfig, VSADConfig
-from vsad.detector.patchknn import PatchKNN
+from vsad.detector.config import DetectorConfig, PatchCoreConfig, PatchKNNConfig, VSADConfig
+from vsad.detector.patchknn import PatchCore, PatchKNN
 from vsad.detector.vsad_model import VSAD
 
 __all__ = [
     "VSAD",
     "BankDetector",
     "DetectorConfig",
+    "PatchCore",
+    "PatchCoreConfig",
     "PatchKNN",
     "PatchKNNConfig",
     "Prediction",

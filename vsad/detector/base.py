@@ -7,10 +7,10 @@ A subclass provides the features: `_fit_model` (train whatever needs training) a
 
 from __future__ import annotations
 
+import copy
 import json
-import os
-import shutil
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vsad._atomic import atomic_directory
 from vsad.detector.config import DetectorConfig
 from vsad.detector.inputs import check_views, to_model_tensor, views_of
 from vsad.memory.feature_banks import FeatureBanks
@@ -40,12 +41,40 @@ class Prediction:
                  of each view and cell (z-scores).
     view_scores: (M,) the maximum of each map.
     score:       the sample score, the maximum over views.
+    ng:          the sample decision, score > the sample threshold (None: uncalibrated).
+    view_ng:     (M,) bool, which cameras saw the defect of an NG sample: its views whose score
+                 is above the view threshold (view_decisions); all False for an OK sample.
+    thresholds:  the thresholds used ({"view", "sample", "source", "fpr", ...}) or None.
     """
 
     maps: np.ndarray
     view_scores: np.ndarray
     score: float
     sample_id: str | None = None
+    view_ng: np.ndarray | None = None
+    ng: bool | None = None
+    thresholds: dict | None = None
+
+    @property
+    def decision(self) -> str | None:
+        """The sample decision, "NG" or "OK"; None when the model has no thresholds."""
+        return None if self.ng is None else ("NG" if self.ng else "OK")
+
+    @property
+    def view_decisions(self) -> list[str] | None:
+        """Per view "NG" or "OK" (which cameras saw a defect); None when uncalibrated."""
+        return None if self.view_ng is None else ["NG" if v else "OK" for v in self.view_ng]
+
+
+def view_decisions(view_scores: np.ndarray, thresholds: dict) -> np.ndarray:
+    """NG views of one sample: only an NG sample has them (the unit's decision is the sample
+    one — with a 5 % false-reject rate per view, a normal five-camera unit would otherwise
+    show an NG camera about 1 time in 5 while passing); they are its views above the view
+    threshold, and at least the view whose score made the sample NG."""
+    view_scores = np.asarray(view_scores)
+    if not float(view_scores.max()) > thresholds["sample"]:
+        return np.zeros(view_scores.shape, bool)
+    return view_scores > min(thresholds["view"], thresholds["sample"])
 
 
 @contextmanager
@@ -79,6 +108,10 @@ class BankDetector:
         self.config = config
         self.banks: FeatureBanks | None = None
         self.num_views: int | None = None
+        # Decision thresholds (vsad/detector/thresholds.py) and the training samples' LOO
+        # scores they were set from (kept so that `vsad calibrate` can move the target later).
+        self.thresholds: dict | None = None
+        self.normal_scores: dict | None = None
         self.view_size: tuple[int, int] | None = None
 
     # -- hooks for subclasses -------------------------------------------------------------
@@ -136,7 +169,18 @@ class BankDetector:
             self.banks.add(self._features(chunk))
             bar.update(len(chunk))
         bar.close()
-        self.banks.finalize(seed=self.config.seed)
+        from vsad.detector.calibration import MIN_LOO_SAMPLES, calibrate_on_training
+
+        keep_loo = self.config.threshold_fpr is not None and len(stacked) >= MIN_LOO_SAMPLES
+        if self.config.threshold_fpr is not None and not keep_loo:
+            warnings.warn(
+                f"train: {len(stacked)} samples, fewer than the {MIN_LOO_SAMPLES} needed for "
+                "decision thresholds from leave-one-out scores; the model makes no OK/NG "
+                "decisions until `vsad calibrate` sets them",
+                stacklevel=2,
+            )
+        self.banks.finalize(seed=self.config.seed, keep_loo=keep_loo)
+        calibrate_on_training(self)
         return self
 
     def _features(self, images: torch.Tensor, timings: dict | None = None) -> list[torch.Tensor]:
@@ -229,15 +273,81 @@ class BankDetector:
             maps = combine_levels(distances, self.config.level_weights, self.view_size)
             maps = gaussian_smooth(maps, self.config.smoothing_sigma)
             view_scores, scores = view_and_sample_scores(maps)
+        t = self.thresholds
+        used = None if t is None else {k: t.get(k) for k in ("view", "sample", "source", "fpr")}
         return [
             Prediction(
                 maps=maps[b].numpy(),
                 view_scores=view_scores[b].numpy(),
                 score=float(scores[b]),
                 sample_id=pending[b][1],
+                # NG iff above: the order-statistic threshold's guarantee is P(score > t) <= α.
+                ng=None if t is None else bool(float(scores[b]) > t["sample"]),
+                view_ng=None if t is None else view_decisions(view_scores[b].numpy(), t),
+                thresholds=used,
             )
             for b in range(len(pending))
         ]
+
+    # -- decisions ------------------------------------------------------------------------
+    def calibrate(
+        self,
+        split=None,
+        *,
+        fpr: float | None = None,
+        f1: bool = False,
+        view_threshold: float | None = None,
+        sample_threshold: float | None = None,
+        progress: bool = True,
+    ) -> dict:
+        """Sets the decision thresholds and returns them.
+
+        Without `split`: from the training samples' stored leave-one-out scores at target
+        false-reject rate `fpr` (default config.threshold_fpr). With a labelled `split`: at
+        target `fpr` from its normal samples, or F1-optimal with f1=True. view_threshold /
+        sample_threshold override the level they name (checked against the scores seen)."""
+        from vsad.detector import calibration as cal
+        from vsad.detector import thresholds as thr
+
+        self._check_fitted()
+        manual = {"view": view_threshold, "sample": sample_threshold}
+        manual = {k: v for k, v in manual.items() if v is not None}
+        if f1 and fpr is not None:
+            raise ValueError(f"fpr, f1: got fpr={fpr!r} and f1=True, expected one of them")
+        if fpr is not None:
+            thr.check_fpr(fpr)
+        target = fpr if fpr is not None else (self.config.threshold_fpr or thr.DEFAULT_FPR)
+        # Manual values alone keep the other level's current threshold.
+        recompute = f1 or fpr is not None or not manual
+        scores = None
+        new = self.thresholds
+        if split is not None:
+            scores = cal.validation_scores(self, split, progress=progress)
+            if recompute:
+                new = cal.thresholds_from_validation(scores, fpr=None if f1 else target, f1=f1)
+        elif f1:
+            raise ValueError("f1: the F1-optimal threshold needs a labelled split with defects")
+        elif recompute:
+            new = cal.thresholds_from_stored(self, target)
+        if manual:
+            known = cal.known_scores(self, scores)
+            checked = {k: thr.check_manual(v, k, known[k]) for k, v in manual.items()}
+            new = thr.override(new, checked)
+        self.thresholds = new
+        return new
+
+    def save_thresholds(self, directory: str | Path) -> Path:
+        """Rewrites only the thresholds in a saved detector's detector.json (atomically)."""
+        from vsad._atomic import atomic_write_json
+        from vsad.eval.report import _sanitize
+
+        path = Path(directory) / META_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"directory: '{directory}' holds no {META_FILE}")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta["thresholds"] = _sanitize(self.thresholds)
+        atomic_write_json(path, meta)
+        return path
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -250,10 +360,6 @@ class BankDetector:
 
         self._check_fitted()
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         meta = {
             "format": FORMAT_VERSION,
             "detector": self.kind,
@@ -264,12 +370,18 @@ class BankDetector:
             "banks": self.banks.settings(),
             **self._extra_meta(),
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        if self.thresholds is not None:
+            from vsad.eval.report import _sanitize
+
+            meta["thresholds"] = _sanitize(self.thresholds)
+            meta["normal_scores"] = self.normal_scores
         state = self._state_tensors()
-        if state:
-            save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp / WEIGHTS_FILE)
-        save_file(self.banks.tensors(), tmp / BANK_FILE)
-        _swap_into_place(tmp, directory)
+        with atomic_directory(directory) as tmp:
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            if state:
+                weights = {k: v.detach().contiguous() for k, v in state.items()}
+                save_file(weights, tmp / WEIGHTS_FILE)
+            save_file(self.banks.tensors(), tmp / BANK_FILE)
         return directory
 
     @classmethod
@@ -284,7 +396,12 @@ class BankDetector:
                 f"directory: '{directory}' holds no {META_FILE}; expected a folder written by "
                 "save() (or a `vsad train` run folder's model/)"
             )
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{meta_path}: not valid JSON ({err})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(
                 f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}"
@@ -296,13 +413,20 @@ class BankDetector:
         if cls is not BankDetector and target is not cls:
             raise ValueError(f"{meta_path}: holds a {kind} detector, not a {cls.kind}")
         config_class = target.config_class
-        detector = target(
-            config_class.from_dict({**config_class.LEGACY_DEFAULTS, **meta["config"]})
-        )
+        legacy = copy.deepcopy(config_class.LEGACY_DEFAULTS)  # holds lists: never share them
+        _check_meta(meta, meta_path)
+        detector = target(config_class.from_dict({**legacy, **meta["config"]}))
         detector.num_views, detector.view_size = meta["num_views"], tuple(meta["view_size"])
         weights = directory / WEIGHTS_FILE
         detector._load_state(load_file(weights) if weights.is_file() else {}, meta)
         detector.banks = FeatureBanks.from_tensors(meta["banks"], load_file(directory / BANK_FILE))
+        from vsad.detector.calibration import warn_uncalibrated
+        from vsad.detector.thresholds import check_thresholds
+
+        detector.thresholds = check_thresholds(meta.get("thresholds"), str(meta_path))
+        detector.normal_scores = meta.get("normal_scores")
+        if detector.thresholds is None:
+            warn_uncalibrated(str(directory))
         return detector
 
 
@@ -314,16 +438,21 @@ def register_detector(cls: type[BankDetector]) -> type[BankDetector]:
     return cls
 
 
+def _check_meta(meta: dict, path: Path) -> None:
+    """The keys of detector.json that load() reads, with their types."""
+    checks = (
+        ("config", lambda v: isinstance(v, dict), "an object"),
+        ("num_views", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+         "an integer >= 1"),
+        ("view_size", lambda v: isinstance(v, list) and len(v) == 2
+         and all(isinstance(x, int) and x >= 1 for x in v), "[height, width]"),
+        ("banks", lambda v: isinstance(v, dict), "an object"),
+    )  # fmt: skip
+    for key, ok, expected in checks:
+        if key not in meta or not ok(meta[key]):
+            raise ValueError(f"{path}: {key!r} is {meta.get(key)!r}, expected {expected}")
+
+
 def load_detector(directory: str | Path) -> BankDetector:
-    """Loads a saved VSAD or PatchKNN, whichever the folder holds."""
+    """Loads a saved VSAD, PatchKNN or PatchCore, whichever the folder holds."""
     return BankDetector.load(directory)
-
-
-def _swap_into_place(tmp: Path, directory: Path) -> None:
-    if not directory.exists():
-        os.replace(tmp, directory)
-        return
-    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-    os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)

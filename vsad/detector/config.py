@@ -8,12 +8,27 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from vsad.geometry.graphs import GRAPH_KINDS
+from vsad.geometry.pooled import FALLBACKS
 from vsad.memory.feature_banks import BANK_MODES, NORMALIZATIONS
+from vsad.model.backbone import TINY_UNET
+from vsad.model.pretrained import (
+    DEFAULT_STAGES,
+    PRETRAINED_ENCODERS,
+    check_stages,
+    stages_channels,
+    stages_stride,
+)
 from vsad.model.training import TrainConfig
 from vsad.model.view_aligned_unet import PLACEMENTS
+from vsad.validation import Bound, above, at_least, between, check_fields
 
-ENCODERS = ("unshuffle", "vae")
+ENCODERS = ("unshuffle", "vae", *PRETRAINED_ENCODERS)
+BACKBONES = ("pixels", *PRETRAINED_ENCODERS)
+#: The downsampling of the UNet's encoder path (the input grid must divide by it).
+UNET_DOWNSAMPLING = 8
 BANK_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+VIEW_GRAPHS = tuple(k for k in GRAPH_KINDS if k != "explicit")  # explicit: set `neighbors`
 
 
 @dataclass
@@ -38,21 +53,52 @@ class DetectorConfig:
     smoothing_sigma: float = 4.0  # Gaussian σ of the final maps, in view pixels; 0 = off
     batch_size: int = 4  # samples per inference batch
     seed: int = 0
+    # Target false-reject rate of the OK/NG thresholds that fit sets from the training samples'
+    # leave-one-out scores (vsad/detector/calibration.py); None = no thresholds. 0.05, not
+    # 0.01: 40 normal samples resolve 5 % (the order statistic needs 19) but not 1 % (99).
+    threshold_fpr: float | None = 0.05
+
+    #: Ranges of the numeric fields (types come from the annotations; vsad.validation).
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "threshold_fpr": between(0, 1, lo_open=True, hi_open=True),
+        "image_size": at_least(1),
+        "bank_radius": at_least(0),
+        "coreset_ratio": between(0, 1, lo_open=True),
+        "level_weights": at_least(0),
+        "feature_pool": at_least(1),
+        "smoothing_sigma": at_least(0),
+        "batch_size": at_least(1),
+        "seed": at_least(0),
+    }
+    #: Fields that take one of a few values.
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        "bank_mode": BANK_MODES,
+        "bank_dtype": BANK_DTYPE_NAMES,
+        "normalization": NORMALIZATIONS,
+    }
 
     def __post_init__(self) -> None:
-        _positive(self, "image_size", "batch_size", "feature_pool")
-        _choice(self, "bank_mode", BANK_MODES)
-        _choice(self, "bank_dtype", BANK_DTYPE_NAMES)
-        _choice(self, "normalization", NORMALIZATIONS)
-        if not isinstance(self.bank_radius, int) or self.bank_radius < 0:
-            raise ValueError(f"bank_radius: got {self.bank_radius!r}, expected an integer >= 0")
+        if isinstance(getattr(self, "train", None), dict):  # a nested section given as a dict
+            self.train = _train_config(self.train)
+        bounds, choices = {}, {}
+        for klass in reversed(type(self).__mro__):
+            bounds.update(vars(klass).get("BOUNDS", {}))
+            choices.update(vars(klass).get("CHOICES", {}))
+        check_fields(self, bounds)
+        for name, allowed in choices.items():
+            _choice(self, name, allowed)
+        if self.level_weights is not None and (
+            not self.level_weights or sum(self.level_weights) <= 0
+        ):
+            raise ValueError(
+                f"level_weights: got {self.level_weights!r}, expected null or non-negative "
+                "weights that do not sum to 0"
+            )
         if self.coreset_ratio is not None and self.bank_mode == "local":
             raise ValueError(
                 f"coreset_ratio: got {self.coreset_ratio}, but a coreset only applies to "
                 "bank_mode='global' (local search needs every position)"
             )
-        if self.smoothing_sigma < 0:
-            raise ValueError(f"smoothing_sigma: got {self.smoothing_sigma}, expected >= 0")
 
     # -- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -60,16 +106,18 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DetectorConfig:
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"config: got {type(data).__name__} {data!r:.80}, expected an object of "
+                f"{cls.__name__} keys"
+            )
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(
                 f"config: unknown key(s) {unknown} for {cls.__name__}; known keys: {sorted(known)}"
             )
-        values = dict(data)
-        if "train" in values and isinstance(values["train"], dict):
-            values["train"] = TrainConfig(**values["train"])
-        return cls(**values)
+        return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> DetectorConfig:
@@ -80,7 +128,12 @@ class DetectorConfig:
             raise FileNotFoundError(f"config: file '{path}' does not exist") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"config: '{path}' is not valid JSON ({err})") from None
-        return cls.from_dict(data.get("config", data))
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = data["config"]  # a run.json or detector.json holds the config inside
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"config file '{path}': {err}") from None
 
     def with_overrides(self, overrides: list[str] | dict) -> DetectorConfig:
         """A copy with `key=value` strings (values parsed as JSON when they parse, else kept as
@@ -108,10 +161,23 @@ class VSADConfig(DetectorConfig):
     `stable_diffusion` to a local Stable Diffusion 2 folder (diffusers layout) to start from its
     UNet (and VAE with encoder="vae")."""
 
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"view_fusion": 0.0}
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "view_fusion": 0.0,
+        "encoder_stages": list(DEFAULT_STAGES),
+        "encoder_channels": None,
+    }
 
-    encoder: str = "unshuffle"  # "unshuffle" (lossless f×f patches) or "vae"
+    # "unshuffle" (lossless f×f patches), "vae" (a local SD2 folder's), or a frozen
+    # ImageNet-pretrained "efficientnet-lite0" / "-lite1" / "-lite2" (vsad.model.pretrained):
+    # the UNet is then trained and inverted in that feature space.
+    encoder: str = "unshuffle"
     unshuffle_factor: int = 4
+    # Pretrained encoders only: the stages read (0–6; coarser ones upsampled to the finest
+    # one's grid and concatenated; [2, 4] = 152 channels at stride 8 for Lite0), and an
+    # optional PCA reduction of them to this many channels for the UNet (None = all). The
+    # latent level (latent_level=True) always scores all channels.
+    encoder_stages: list[int] = field(default_factory=lambda: list(DEFAULT_STAGES))
+    encoder_channels: int | None = None
     stable_diffusion: str | None = None
     unet: dict = field(default_factory=dict)  # overrides of the tiny UNet config
     window: int = 3  # R of MVAM
@@ -127,7 +193,11 @@ class VSADConfig(DetectorConfig):
     neighbors_per_view: int = 2
     neighbors: list[list[int]] | None = None  # explicit view graph (overrides view_graph)
     homography_samples: int = 20  # training samples pooled to estimate the homographies
-    homography_fallback: str = "error"  # or "identity" for a pair that cannot be estimated
+    # A view pair whose homography fails the quality check: "drop" leaves it out of the view
+    # graph with a warning (each of its views is scored without that neighbour) — so a ring
+    # graph also fits an open arc of cameras, whose ends do not overlap; "error" stops fit;
+    # "identity" keeps the pair with an identity homography.
+    homography_fallback: str = "drop"
     # 100 steps: on the synthetic category longer training lowered S-AUROC (BENCHMARKS.md).
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100))
     inversion_steps: int = 4  # DDIM inversion steps before reading the features
@@ -145,22 +215,42 @@ class VSADConfig(DetectorConfig):
     # S-, V-AUROC and AUPRO equal within noise, and lowered all three on one held-out seed.
     latent_level: bool = False
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "unshuffle_factor": at_least(1),
+        "encoder_channels": at_least(1),
+        "window": at_least(1),
+        "head_dim": at_least(1),
+        "neighbors_per_view": at_least(1),
+        "homography_samples": at_least(1),
+        "inversion_steps": at_least(0),
+        "t_end": above(0),
+        "view_fusion": at_least(0),
+    }
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        "encoder": ENCODERS,
+        "placement": PLACEMENTS,
+        "view_graph": VIEW_GRAPHS,
+        "homography_fallback": FALLBACKS,
+    }
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.latent_level, bool):
-            raise ValueError(f"latent_level: got {self.latent_level!r}, expected true or false")
-        _choice(self, "encoder", ENCODERS)
-        _choice(self, "placement", PLACEMENTS)
-        _choice(self, "homography_fallback", ("error", "identity"))
         if self.encoder == "vae" and not self.stable_diffusion:
             raise ValueError(
                 "encoder: 'vae' needs stable_diffusion=<local Stable Diffusion 2 folder> (the "
                 "tiny default uses encoder='unshuffle')"
             )
-        if not isinstance(self.train, TrainConfig):
-            raise ValueError(f"train: got {type(self.train).__name__}, expected a TrainConfig")
-        if not self.feature_levels:
-            raise ValueError("feature_levels: got an empty list, expected decoder level indices")
+        if self.inversion_steps and self.t_end >= self.train.num_train_timesteps:
+            raise ValueError(
+                f"t_end: got {self.t_end}, expected below train.num_train_timesteps "
+                f"({self.train.num_train_timesteps})"
+            )
+        self._check_head_dim()
+        if not self.feature_levels and not self.latent_level:
+            raise ValueError(
+                "feature_levels: got an empty list, expected decoder level indices (or "
+                "latent_level=true to score the encoder's latent alone, without a UNet)"
+            )
         levels = len(self.feature_levels) + self.latent_level
         if self.level_weights is not None and len(self.level_weights) != levels:
             latent = ", then one for the latent level" if self.latent_level else ""
@@ -168,31 +258,81 @@ class VSADConfig(DetectorConfig):
                 f"level_weights: got {len(self.level_weights)} weights, expected {levels} (one "
                 f"per entry of feature_levels{latent})"
             )
-        if (
-            isinstance(self.view_fusion, bool)
-            or not isinstance(self.view_fusion, (int, float))
-            or not 0 <= self.view_fusion < float("inf")
+        if self.encoder in PRETRAINED_ENCODERS:
+            self._check_pretrained_encoder()
+        else:  # unused then, but a wrong value must not wait for the encoder to change
+            check_stages(PRETRAINED_ENCODERS[0], self.encoder_stages, key="encoder_stages")
+        if self.encoder == "unshuffle":
+            self._check_divisible(
+                self.unshuffle_factor, f"unshuffle_factor {self.unshuffle_factor}"
+            )
+
+    def _check_head_dim(self) -> None:
+        """MVAM splits each decoder level's channels into heads of head_dim channels: it must
+        divide them (a level narrower than head_dim gets one head). Known here for the tiny
+        UNet; a Stable Diffusion UNet's widths are checked when it is built."""
+        if self.stable_diffusion:
+            return
+        widths = sorted(set(self.unet.get("block_out_channels", TINY_UNET["block_out_channels"])))
+        bad = [w for w in widths if w > self.head_dim and w % self.head_dim]
+        if bad:
+            raise ValueError(
+                f"head_dim: got {self.head_dim}, expected a divisor of the decoder widths "
+                f"{widths} (or at least the widest, for one head per level)"
+            )
+
+    def _check_pretrained_encoder(self) -> None:
+        check_stages(self.encoder, self.encoder_stages, key="encoder_stages")
+        full = stages_channels(self.encoder, self.encoder_stages)
+        channels = self.encoder_channels
+        if channels is not None and (
+            not isinstance(channels, int) or isinstance(channels, bool) or not 0 < channels <= full
         ):
-            raise ValueError(f"view_fusion: got {self.view_fusion!r}, expected a number >= 0")
-        if self.inversion_steps < 0:
-            raise ValueError(f"inversion_steps: got {self.inversion_steps}, expected >= 0")
-        if self.image_size % (8 * self.unshuffle_factor) and self.encoder == "unshuffle":
+            raise ValueError(
+                f"encoder_channels: got {channels!r}, expected None or an integer in 1..{full} "
+                f"(the channels of {self.encoder} stages {list(self.encoder_stages)})"
+            )
+        if not self.feature_levels:
+            return  # no UNet: the backbone pads TF-"SAME", any image size works
+        stride = stages_stride(self.encoder, self.encoder_stages)
+        first = min(self.encoder_stages)
+        self._check_divisible(stride, f"{self.encoder}'s stride {stride} at stage {first}")
+
+    def _check_divisible(self, stride: int, what: str) -> None:
+        if self.image_size % (UNET_DOWNSAMPLING * stride):
             raise ValueError(
                 f"image_size: got {self.image_size}, expected a multiple of "
-                f"{8 * self.unshuffle_factor} (unshuffle_factor × the UNet's 8× downsampling)"
+                f"{UNET_DOWNSAMPLING * stride} ({what} × the UNet's {UNET_DOWNSAMPLING}× "
+                "downsampling)"
             )
 
 
 @dataclass
 class PatchKNNConfig(DetectorConfig):
     """The raw-pixel baseline: f×f pixel patches (pixel-unshuffle), averaged over a
-    feature_pool² neighbourhood as PatchCore does, through the same bank, search and scoring."""
+    feature_pool² neighbourhood as PatchCore does, through the same bank, search and scoring.
+    With `backbone` set to a pretrained encoder the patches are its frozen features instead
+    (the stages `backbone_stages`, raw, concatenated at the finest one's grid)."""
 
-    patch_size: int = 4
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "backbone": "pixels",
+        "backbone_stages": list(DEFAULT_STAGES),
+    }
+
+    patch_size: int = 4  # backbone="pixels" only
+    backbone: str = "pixels"  # or "efficientnet-lite0" / "-lite1" / "-lite2"
+    backbone_stages: list[int] = field(default_factory=lambda: list(DEFAULT_STAGES))
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"patch_size": at_least(1)}
+    CHOICES: ClassVar[dict[str, tuple]] = {"backbone": BACKBONES}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive(self, "patch_size")
+        if self.backbone != "pixels":
+            # Any image size works: the backbone pads TF-"SAME" and its grid is ⌈size/stride⌉.
+            check_stages(self.backbone, self.backbone_stages, key="backbone_stages")
+            return
+        check_stages(PRETRAINED_ENCODERS[0], self.backbone_stages, key="backbone_stages")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size: got {self.image_size}, expected a multiple of patch_size "
@@ -200,11 +340,34 @@ class PatchKNNConfig(DetectorConfig):
             )
 
 
-def _positive(config, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: got {value!r}, expected an integer >= 1")
+@dataclass
+class PatchCoreConfig(PatchKNNConfig):
+    """PatchCore (Roth et al., CVPR 2022) with its published settings on this package's bank:
+    frozen ImageNet features of two mid-level stages (here EfficientNet-Lite0 stages 2 + 4, the
+    counterpart of WideResNet-50's layers 2 + 3), 3×3 local averaging, one global bank per view
+    reduced to 10 % by the greedy k-center coreset, raw nearest-neighbour distances, 256²
+    input, Gaussian σ = 4 on the maps."""
+
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    image_size: int = 256
+    backbone: str = "efficientnet-lite0"
+    feature_pool: int = 3
+    bank_mode: str = "global"
+    coreset_ratio: float | None = 0.1
+    normalization: str = "none"
+
+
+def _train_config(section: dict) -> TrainConfig:
+    """The nested training section, with its errors named "train.<key>"."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"train: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    try:
+        return TrainConfig(**section)
+    except ValueError as err:
+        raise ValueError(f"train.{err}") from None
 
 
 def _choice(config, name: str, allowed: tuple) -> None:

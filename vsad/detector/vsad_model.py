@@ -15,6 +15,7 @@ from vsad.detector.config import VSADConfig
 from vsad.model.backbone import build_tiny_unet, load_stable_diffusion
 from vsad.model.inference import extract_features
 from vsad.model.latent import PixelUnshuffleEncoder, VAEEncoder
+from vsad.model.pretrained import PRETRAINED_ENCODERS, PretrainedEncoder
 from vsad.model.training import VALDMTrainer
 from vsad.model.view_aligned_unet import ViewAlignedUNet
 from vsad.model.view_fusion import fuse_views
@@ -66,9 +67,15 @@ class VSAD(BankDetector):
                     "unet: overrides of the tiny UNet config do not apply to a Stable Diffusion "
                     "UNet; leave `unet` empty"
                 )
-        self.encoder = (
-            VAEEncoder(vae) if c.encoder == "vae" else PixelUnshuffleEncoder(c.unshuffle_factor)
-        )
+        if c.encoder in PRETRAINED_ENCODERS:
+            self.encoder = PretrainedEncoder(c.encoder, c.encoder_stages, c.encoder_channels)
+        elif c.encoder == "vae":
+            self.encoder = VAEEncoder(vae)
+        else:
+            self.encoder = PixelUnshuffleEncoder(c.unshuffle_factor)
+        if not self.uses_unet:
+            self.model = None  # the encoder's latent level alone: nothing to train or invert
+            return
         channels = self.encoder.latent_channels
         if not c.stable_diffusion:
             unet = build_tiny_unet(**{"in_channels": channels, "out_channels": channels, **c.unet})
@@ -87,7 +94,15 @@ class VSAD(BankDetector):
         )
         self._levels()  # validates feature_levels against the UNet
 
+    @property
+    def uses_unet(self) -> bool:
+        """False when only the encoder's latent is scored (feature_levels=[], latent_level):
+        then fit trains nothing, estimates no homographies and predict runs no UNet."""
+        return bool(self.config.feature_levels)
+
     def _levels(self) -> list[int]:
+        if self.model is None:
+            return []
         n = self.model.num_levels
         levels = []
         for level in self.config.feature_levels:
@@ -110,7 +125,7 @@ class VSAD(BankDetector):
         return view_graph(c.view_graph, self.num_views, neighbors_per_view=c.neighbors_per_view)
 
     def _raw_samples_needed(self) -> int:
-        return self.config.homography_samples
+        return self.config.homography_samples if self.uses_unet else 0
 
     # -- homographies ---------------------------------------------------------------------
     def _resolve_homographies(self, given, raw_views, progress: bool):
@@ -143,6 +158,10 @@ class VSAD(BankDetector):
 
     # -- fitting --------------------------------------------------------------------------
     def _fit_model(self, images, raw_views, *, progress, work_dir, homographies=None):
+        if not self.uses_unet:
+            self._build()
+            self.encoder.fit_scaling(images.flatten(0, 1))
+            return
         self.homographies = self._resolve_homographies(homographies, raw_views, progress)
         if self.homographies.H.shape[0] != self.num_views:
             raise ValueError(
@@ -164,8 +183,10 @@ class VSAD(BankDetector):
     def _extract(self, images: torch.Tensor, timings: dict | None = None) -> list[torch.Tensor]:
         B, M = images.shape[:2]
         with stage(timings, "encode"), torch.no_grad():
-            latents = self.encoder.encode(images.flatten(0, 1))
+            latents, latent_level = self._encode(images.flatten(0, 1))
         latents = latents.reshape(B, M, *latents.shape[1:])
+        if self.model is None:
+            return [latent_level.reshape(B, M, *latent_level.shape[1:])]
         hom, neighbors = self._latent_homography(latents.shape[-2:])
         hooks = self._time_mvam(timings)
         try:
@@ -196,9 +217,22 @@ class VSAD(BankDetector):
                 )
                 for feat in chosen
             ]
+        if not self.config.latent_level:
+            return fused
         # The latent level is not fused: averaging raw pixels across views did not help
         # PatchKNN (BENCHMARKS.md, "Cross-view fusion").
-        return fused + [latents] if self.config.latent_level else fused
+        return fused + [latent_level.reshape(B, M, *latent_level.shape[1:])]
+
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents for the UNet, features of the latent level). They differ only with a PCA
+        reduction of pretrained features (encoder_channels): the UNet gets the reduced
+        channels, the bank all standardised ones — the nearest-neighbour search loses nothing
+        to the reduction (DEVELOPERS.md, "Decisions")."""
+        if isinstance(self.encoder, PretrainedEncoder):
+            full = self.encoder.standardized(images)
+            return self.encoder.reduce(full), full
+        latents = self.encoder.encode(images)
+        return latents, latents
 
     def _fusion_neighbors(self, neighbors: torch.Tensor) -> torch.Tensor:
         """The view graph for cross-view fusion: pairs whose homography fell back to the
@@ -237,15 +271,25 @@ class VSAD(BankDetector):
 
     # -- persistence ----------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()
-                      if not k.startswith("vae.")})  # fmt: skip
+        state = {f"encoder.{k}": v for k, v in self._encoder_state().items()}
+        if self.model is None:
+            return state
+        state.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
         state["null_text"] = self.null_text
         state["homography.H"] = torch.as_tensor(np.asarray(self.homographies.H, np.float64))
         state["homography.neighbors"] = torch.as_tensor(
             np.asarray(self.homographies.neighbors), dtype=torch.int64
         )
         return state
+
+    def _encoder_state(self) -> dict[str, torch.Tensor]:
+        """The encoder's state without its frozen pretrained part (a Stable Diffusion VAE, an
+        ImageNet backbone): those are read again from their files on load."""
+        return {
+            k: v
+            for k, v in self.encoder.state_dict().items()
+            if not k.startswith(("vae.", "backbone."))
+        }
 
     def _extra_meta(self) -> dict:
         report = getattr(self.homographies, "report", None)
@@ -255,10 +299,19 @@ class VSAD(BankDetector):
         from vsad import geometry
 
         self._build()
-        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state)
         encoder_state = {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
+        expected = set(self._encoder_state())
+        if set(encoder_state) != expected:
+            raise ValueError(
+                f"weights: the encoder's saved tensors {sorted(encoder_state)} do not match "
+                f"{sorted(expected)}, those of encoder={self.config.encoder!r} with this config"
+            )
+        # strict=False: the frozen pretrained parts were not saved; they were rebuilt from
+        # their own files by _build.
         self.encoder.load_state_dict(encoder_state, strict=False)
+        if self.model is None:
+            return
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.null_text = tensors["null_text"]
         self.homographies = geometry.ViewHomographies(
             H=tensors["homography.H"].numpy(),

@@ -10,11 +10,14 @@
 - `auroc`, `average_precision`, `f1_max`: exact metrics of 1-D score arrays (scikit-learn
   semantics, no scikit-learn needed).
 - `write_metrics` writes metrics.json / .csv / .md atomically.
+- `decision_metrics`: false-reject and escape rates, precision, recall and confusion matrices
+  at fixed thresholds (vsad/eval/decisions.py); `html_report.write_report`: report.html.
 """
 
 from __future__ import annotations
 
 from vsad.eval.curves import BinaryMetrics, auroc, average_precision, binary_metrics, f1_max
+from vsad.eval.decisions import decision_metrics
 from vsad.eval.evaluator import METRIC_KEYS, Evaluator, ScoreAccumulator, evaluate
 from vsad.eval.pixel import PixelMetricAccumulator, PixelMetrics
 from vsad.eval.report import metrics_table, write_metrics, write_sample_scores
@@ -29,6 +32,7 @@ __all__ = [
     "auroc",
     "average_precision",
     "binary_metrics",
+    "decision_metrics",
     "evaluate",
     "f1_max",
     "metrics_table",

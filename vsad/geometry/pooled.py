@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -44,7 +45,7 @@ from vsad.geometry.views import PairReport, ViewHomographies
 
 logger = logging.getLogger("vsad.geometry")
 
-FALLBACKS = ("error", "identity")
+FALLBACKS = ("drop", "error", "identity")
 
 
 def _select(samples: Iterable, max_samples: int | None) -> Iterable:
@@ -93,7 +94,7 @@ def estimate_view_homographies(
     color: str = "rgb",
     max_samples: int | None = None,
     progress: bool = False,
-    fallback: str = "error",
+    fallback: str = "drop",
     ratio: float = 0.75,
     ransac_threshold: float = 3.0,
     min_inliers: int = 12,
@@ -108,11 +109,15 @@ def estimate_view_homographies(
     neighbors: (M, N) int64 neighbour views, -1 = empty slot (see view_graph).
     max_samples: use at most this many samples (evenly spread over an indexable split).
     progress:  show a progress bar over the samples.
-    fallback:  "error": raise HomographyError naming every pair that cannot be estimated and
-               why; "identity": use the identity for such pairs, mark them status "fallback" in
-               the report and log a warning (MVAM then attends to the same position in the
-               neighbour view, which is harmless for roughly aligned cameras and uninformative
-               otherwise).
+    fallback:  what to do with a pair that fails the quality check (too few RANSAC inliers, a
+               degenerate map). "drop" (default): leave it out of the view graph — its slot
+               becomes -1, so each of its two views is scored without that neighbour — with a
+               warning naming the pair and the reason, status "dropped" in the report. This is
+               what makes a ring graph safe on an open arc of cameras, whose two ends rarely
+               overlap. "error": raise HomographyError naming every such pair; "identity": use
+               the identity, status "fallback", and warn (MVAM then attends to the same
+               position in the neighbour view: harmless for roughly aligned cameras,
+               uninformative otherwise).
     ratio, ransac_threshold, min_inliers, max_features, guided: as in match_homography;
                min_inliers applies to the pooled inliers of a pair.
     """
@@ -127,7 +132,7 @@ def estimate_view_homographies(
         or max_samples < 1
     ):
         raise ValueError(f"max_samples: got {max_samples!r}, expected None or an int >= 1")
-    table = check_neighbors(neighbors)
+    table = check_neighbors(neighbors).copy()  # dropped pairs are cleared in this copy
     M = table.shape[0]
     pairs = sorted({(min(i, int(j)), max(i, int(j))) for i in range(M) for j in table[i] if j >= 0})
     views = sorted({v for pair in pairs for v in pair})
@@ -185,12 +190,14 @@ def estimate_view_homographies(
         lines = "; ".join(f"views {a} -> {b}: {e.reason}" for (a, b), e in failed)
         raise HomographyError(
             f"cannot estimate {len(failed)} of {len(pairs)} view pairs from {count} samples: "
-            f"{lines}. Pass fallback='identity' to continue with identity homographies for "
-            "them, or supply homographies (load_homographies)."
+            f"{lines}. Pass fallback='drop' to leave them out of the view graph, "
+            "fallback='identity' to use identity homographies for them, or supply homographies "
+            "(load_homographies)."
         )
 
     H = np.broadcast_to(np.eye(3), (*table.shape, 3, 3)).copy()
     report: list[PairReport] = []
+    warned: set[tuple[int, int]] = set()
     for i in range(M):
         for n, j in enumerate(table[i]):
             j = int(j)
@@ -205,12 +212,20 @@ def estimate_view_homographies(
                 samples_used=estimate.samples_used,
             )
             if not estimate.ok:
-                logger.warning("homography %d -> %d: identity fallback (%s)", i, j, estimate.reason)
+                dropped = fallback == "drop"
+                if dropped:
+                    table[i, n] = -1
+                if (min(i, j), max(i, j)) not in warned:  # one warning per pair
+                    action = "left out of the view graph" if dropped else "identity fallback"
+                    message = f"homography {i} -> {j}: {action} ({estimate.reason})"
+                    warned.add((min(i, j), max(i, j)))
+                    logger.warning(message)
+                    warnings.warn(message, stacklevel=2)
                 report.append(
                     PairReport(
                         **common,
                         reprojection_error_px=float("nan"),
-                        status="fallback",
+                        status="dropped" if dropped else "fallback",
                         reason=estimate.reason,
                     )
                 )

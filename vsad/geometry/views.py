@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vsad.geometry._validation import atomic_write_text, check_homography
+from vsad._atomic import atomic_write_text
+from vsad.geometry._validation import check_homography
 from vsad.geometry.graphs import check_neighbors
 
 FORMAT = "vsad-view-homographies"
@@ -26,7 +27,7 @@ CONVENTION = (
     "[x', y', 1] ~ H @ [x, y, 1], x = column, y = row, pixel centres at integers, H[2][2] = 1; "
     "neighbor -1 = empty slot (identity)"
 )
-STATUSES = ("ok", "fallback", "supplied")
+STATUSES = ("ok", "fallback", "dropped", "supplied")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class PairReport:
     """How the homography of one directed pair i -> j was obtained.
 
     status: "ok" (estimated), "fallback" (estimation failed, identity used; `reason` says
-    why) or "supplied" (given by the user or a generator; the match figures are 0 / NaN).
+    why), "dropped" (estimation failed, the pair was left out of the view graph; `reason`
+    says why) or "supplied" (given by the user or a generator; the match figures are 0 / NaN).
     reprojection_error_px: median transfer error over the inliers, in view j pixels.
     """
 
@@ -125,6 +127,20 @@ class ViewHomographies:
     def failed_pairs(self) -> list[PairReport]:
         """Reports of the pairs that fell back to the identity."""
         return [r for r in self.report if r.status == "fallback"]
+
+    def dropped_pairs(self) -> list[PairReport]:
+        """Reports of the pairs left out of the view graph (their slots are -1)."""
+        return [r for r in self.report if r.status == "dropped"]
+
+    def summary(self) -> str:
+        """One line: which directed pairs are used and which were left out, and why."""
+        used = [f"{r.i}->{r.j}" for r in self.report if r.status in ("ok", "supplied")]
+        lines = [f"view pairs used: {len(used)} ({', '.join(used) or 'none'})"]
+        for r in self.report:
+            if r.status in ("fallback", "dropped") and r.i < r.j:
+                what = "left out" if r.status == "dropped" else "identity fallback"
+                lines.append(f"{r.i}<->{r.j} {what}: {r.reason}")
+        return "; ".join(lines)
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Writes the homographies, the graph and the report to `path` (atomically: a

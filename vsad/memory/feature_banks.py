@@ -32,6 +32,11 @@ NORMALIZATIONS = ("none", "position")
 MAX_STAT_SAMPLES = 64
 
 
+def _chosen_samples(samples: int) -> torch.Tensor:
+    """The training samples whose leave-one-out distances are computed (MAX_STAT_SAMPLES)."""
+    return torch.linspace(0, samples - 1, min(samples, MAX_STAT_SAMPLES)).round().long()
+
+
 class FeatureBanks:
     """Banks of features (B, M, D, h, w) per level; `search` returns distance maps per level.
 
@@ -78,6 +83,9 @@ class FeatureBanks:
         self.dtype, self.coreset_ratio, self.precision = dtype, coreset_ratio, precision
         self.normalization = normalization
         self._stats: list[tuple[torch.Tensor, torch.Tensor]] = []  # per level: μ, σ (M, h, w)
+        self.loo_distances: list[torch.Tensor] | None = None  # finalize(keep_loo=True)
+        self._loo_stat_distances: list[torch.Tensor] | None = None
+        self._kept: dict[tuple[int, int], torch.Tensor] = {}  # coreset rows kept per bank
         self._chunks: dict[tuple[int, int], list[torch.Tensor]] = {}
         self._local: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._global: dict[tuple[int, int], MemoryBank] = {}
@@ -106,25 +114,94 @@ class FeatureBanks:
         self._global.clear()
         self._stats = []
 
-    def finalize(self, *, seed: int = 0) -> None:
+    def finalize(self, *, seed: int = 0, keep_loo: bool = False) -> None:
         """Concatenates the added batches, estimates the normalisation statistics and reduces
-        global banks to their coreset."""
+        global banks to their coreset.
+
+        keep_loo: keep the leave-one-out distance maps of the training samples in
+        `loo_distances` (computed for "position" normalisation anyway; with "none" they cost
+        one extra search per sample) — `loo_scored_distances` turns them into the normal
+        samples' distances as a test sample would get them, for the decision thresholds."""
         if not self._chunks:
             raise ValueError("memory bank is empty: add() the features of normal samples first")
         stacked = {
             key: torch.cat(chunks) if len(chunks) > 1 else chunks[0]
             for key, chunks in self._chunks.items()
         }
+        levels = range(len(self.shapes))
+        self.loo_distances = self._loo_stat_distances = None
+        stat_loo = None
         if self.normalization == "position":
-            self._stats = [
-                self._position_stats(level, stacked) for level in range(len(self.shapes))
-            ]
+            stat_loo = [self._loo_distances(level, stacked) for level in levels]
+            self._stats = [self._position_stats(d) for d in stat_loo]
+        self._kept = {}
         for key, features in stacked.items():
             self._set(key, features, seed=seed)
+        if keep_loo:
+            # As a test sample would search: with a coreset, against the coreset rows of the
+            # other samples (the full bank would give smaller distances than a test sample
+            # gets, and thresholds that reject too much); it is also 1/ratio times cheaper.
+            if self._kept:
+                self.loo_distances = [self._loo_coreset_distances(lv, stacked) for lv in levels]
+            elif stat_loo is not None:
+                self.loo_distances = stat_loo
+            else:
+                self.loo_distances = [self._loo_distances(level, stacked) for level in levels]
+            self._loo_stat_distances = stat_loo
         self._chunks = {key: [self._stored(key)] for key in self._chunks}
 
-    def _position_stats(self, level: int, stacked: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """μ and σ (M, h, w) of the leave-one-out distances of the training samples."""
+    def _position_stats(self, distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ and σ (M, h, w) of the leave-one-out distances (samples, M, h, w)."""
+        mean, std = distances.mean(0), distances.std(0)
+        return mean.contiguous(), std.clamp_min(self._std_floor(std, mean)).contiguous()
+
+    @staticmethod
+    def _std_floor(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        # A floor keeps cells with almost no normal variation from dividing by ~0.
+        return 0.1 * std.mean() + 1e-6 * mean.abs().mean() + 1e-12
+
+    def loo_scored_distances(self) -> list[torch.Tensor]:
+        """The kept leave-one-out distances (samples, M, h, w) per level, as `standardize`
+        would give them for a test sample: raw with normalization "none"; with "position",
+        sample s standardised with μ₋ₛ, σ₋ₛ computed without s.
+
+        Why without s: s's own distance is inside the μ, σ it would be standardised with,
+        which pulls its z-score towards 0 (bounded by (n − 1)/√n), so its maximum — the score
+        a threshold is set on — comes out systematically below a test sample's and the
+        thresholds would reject more than their target. Leaving s out is a closed-form
+        downdate of the mean and the sum of squared deviations (float64)."""
+        if self.loo_distances is None:
+            raise ValueError(
+                "loo_scored_distances: no leave-one-out distances kept; call "
+                "finalize(keep_loo=True)"
+            )
+        if self.normalization == "none":
+            return list(self.loo_distances)
+        out = []
+        # The statistics hold s's full-bank LOO distance (`stat`); with a coreset, the distance
+        # standardised (`d`) is s's distance to the other samples' coreset rows.
+        for d, stat, (mean_all, std_all) in zip(
+            self.loo_distances, self._loo_stat_distances, self._stats, strict=True
+        ):
+            n = d.shape[0]
+            if n < 3:
+                raise ValueError(
+                    f"loo_scored_distances: standardising a sample without itself needs at "
+                    f"least 3 training samples, got {n}"
+                )
+            s64 = stat.double()
+            mean = s64.mean(0)
+            ss = ((s64 - mean) ** 2).sum(0)
+            mean_without = (n * mean - s64) / (n - 1)
+            ss_without = (ss - (s64 - mean) ** 2 * (n / (n - 1))).clamp_min(0)
+            std_without = (ss_without / (n - 2)).sqrt()
+            floor = self._std_floor(std_all, mean_all).double()
+            out.append(((d.double() - mean_without) / std_without.clamp_min(floor)).float())
+        return out
+
+    def _loo_distances(self, level: int, stacked: dict) -> torch.Tensor:
+        """(samples, M, h, w) distances of (up to MAX_STAT_SAMPLES) training samples, each
+        searched against the bank without its own sample."""
         group = 1 if self.per_view else self.num_views  # bank rows per training sample
         samples = stacked[(level, 0)].shape[0] // group
         if samples < 2:
@@ -132,7 +209,7 @@ class FeatureBanks:
                 f"normalization: 'position' needs at least 2 training samples to estimate the "
                 f"normal variation, got {samples}; add samples or use normalization='none'"
             )
-        chosen = torch.linspace(0, samples - 1, min(samples, MAX_STAT_SAMPLES)).round().long()
+        chosen = _chosen_samples(samples)
         per_view = []
         for view in range(self.num_views):
             bank = stacked[(level, view if self.per_view else 0)]
@@ -143,11 +220,30 @@ class FeatureBanks:
                 for s in chosen.tolist()
             ]
             per_view.append(torch.stack(loo))
-        distances = torch.stack(per_view, dim=1)  # (samples, M, h, w)
-        mean, std = distances.mean(0), distances.std(0)
-        # A floor keeps cells with almost no normal variation from dividing by ~0.
-        floor = 0.1 * std.mean() + 1e-6 * mean.abs().mean() + 1e-12
-        return mean.contiguous(), std.clamp_min(floor).contiguous()
+        return torch.stack(per_view, dim=1)  # (samples, M, h, w)
+
+    def _loo_coreset_distances(self, level: int, stacked: dict) -> torch.Tensor:
+        """(samples, M, h, w) distances of the training samples chosen as in _loo_distances,
+        each searched against the coreset rows that come from the other samples."""
+        group = 1 if self.per_view else self.num_views
+        samples = stacked[(level, 0)].shape[0] // group
+        per_view = []
+        for view in range(self.num_views):
+            key = (level, view if self.per_view else 0)
+            features, bank = stacked[key], self._global[key].features
+            cells = features[0, ..., 0].numel()  # rows per bank entry (h·w)
+            owner = self._kept[key] // (cells * group)  # the training sample of each kept row
+            norms = bank_sq_norms(bank)
+            row_of_view = 0 if self.per_view else view
+            loo = []
+            for s in _chosen_samples(samples).tolist():
+                others = owner != s
+                query = features[s * group + row_of_view].float()
+                flat = query.reshape(-1, query.shape[-1])
+                dist, _ = min_l2(flat, bank[others].contiguous(), bank_sq_norms=norms[others])
+                loo.append(dist.reshape(query.shape[:2]))
+            per_view.append(torch.stack(loo))
+        return torch.stack(per_view, dim=1)
 
     def _search_without(
         self, bank: torch.Tensor, norms: torch.Tensor, row: int, start: int, count: int
@@ -179,7 +275,8 @@ class FeatureBanks:
         bank = MemoryBank(stacked.shape[-1], dtype=self.dtype)
         bank.add(stacked)
         if self.coreset_ratio is not None and self.coreset_ratio < 1:
-            bank.coreset(max(1, round(self.coreset_ratio * len(bank))), seed=seed)
+            keep = bank.coreset(max(1, round(self.coreset_ratio * len(bank))), seed=seed)
+            self._kept[key] = keep
         self._global[key] = bank
 
     def _stored(self, key: tuple[int, int]) -> torch.Tensor:

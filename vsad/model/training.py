@@ -1,11 +1,19 @@
 """VALDM training: DDIM noise schedule, L = L_denoise + λ·L_refine, AdamW, gradient
-accumulation, atomic checkpoints and resume (paper §3.4–3.5)."""
+accumulation, atomic checkpoints and resume (paper §3.4–3.5).
+
+Checkpoints are one safetensors file: every tensor (model, null text, AdamW moments and step
+counts, the generator state as uint8) plus a JSON header entry for the rest (step, config,
+optimizer hyper-parameters). Nothing is unpickled on load, so a checkpoint from an untrusted run
+folder cannot execute code; the file is renamed into place, so a kill mid-write leaves the
+previous checkpoint.
+"""
 
 from __future__ import annotations
 
-import os
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +21,7 @@ from torch import nn
 
 from vsad.model.losses import REFINE_MODES, refine_loss
 from vsad.model.view_aligned_unet import ViewAlignedUNet
+from vsad.validation import above, at_least, check_fields
 
 VIEW_TIMESTEPS = ("shared", "independent")
 
@@ -34,10 +43,21 @@ class TrainConfig:
     # (measured: MVAM then helps on every seed, but the model is less accurate overall; BENCHMARKS).
     view_timesteps: str = "shared"
 
+    BOUNDS: ClassVar[dict] = {
+        "steps": at_least(1),
+        "batch_size": at_least(1),
+        "grad_accumulation": at_least(1),
+        "lr": above(0),
+        "weight_decay": at_least(0),
+        "refine_weight": at_least(0),
+        "num_train_timesteps": at_least(2),
+        "checkpoint_every": at_least(1),
+        "seed": at_least(0),
+    }
+
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accumulation", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: got {getattr(self, name)}, expected >= 1")
+        # Keys are named "train.<key>" by the detector config that holds this one.
+        check_fields(self, self.BOUNDS)
         if self.view_timesteps not in VIEW_TIMESTEPS:
             raise ValueError(
                 f"view_timesteps: got {self.view_timesteps!r}, expected one of {VIEW_TIMESTEPS}"
@@ -67,7 +87,9 @@ def ddim_scheduler(num_train_timesteps: int = 1000):
 class VALDMTrainer:
     """Trains a ViewAlignedUNet on clean multi-view latents (S, M, C, h, w)."""
 
-    CHECKPOINT = "checkpoint.pt"
+    CHECKPOINT = "checkpoint.safetensors"
+    #: What vsad < 0.2 wrote (a pickle); refused, never loaded.
+    LEGACY_CHECKPOINT = "checkpoint.pt"
 
     def __init__(
         self,
@@ -147,6 +169,12 @@ class VALDMTrainer:
         out = Path(out_dir) if out_dir is not None else None
         if out is not None and (out / self.CHECKPOINT).is_file():
             self.load_checkpoint(out / self.CHECKPOINT)
+        elif out is not None and (out / self.LEGACY_CHECKPOINT).is_file():
+            raise ValueError(
+                f"out_dir: '{out}' holds a pickle checkpoint ({self.LEGACY_CHECKPOINT}) from an "
+                f"older vsad, expected {self.CHECKPOINT}; it is not loaded because unpickling "
+                "can run arbitrary code. Delete it to train from scratch."
+            )
         history = []
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="train")
         while self.step < self.config.steps:
@@ -161,30 +189,115 @@ class VALDMTrainer:
         bar.close()
         return history
 
-    def state_dict(self) -> dict:
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the training state, by name (model.*, null_text, optimizer.*,
+        generator)."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors["null_text"] = self.null_text.detach()
+        for index, values in self.optimizer.state_dict()["state"].items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{index}.{key}"] = value
+        tensors["generator"] = self.generator.get_state()
+        # safetensors stores each tensor once: shared storage (tied weights) is copied apart.
+        seen, out = set(), {}
+        for name, value in tensors.items():
+            value = value.detach().contiguous()
+            if value.numel() and value.data_ptr() in seen:
+                value = value.clone()
+            seen.add(value.data_ptr())
+            out[name] = value
+        return out
+
+    def checkpoint_metadata(self) -> dict:
+        """The non-tensor part of the training state (JSON)."""
+        optimizer = self.optimizer.state_dict()
+        scalars = {
+            str(index): {k: v for k, v in values.items() if not isinstance(v, torch.Tensor)}
+            for index, values in optimizer["state"].items()
+        }
         return {
-            "model": self.model.state_dict(),
-            "null_text": self.null_text.detach().clone(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
+            "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "config": asdict(self.config),
+            "optimizer": {
+                "param_groups": optimizer["param_groups"],
+                "state_indices": [int(i) for i in optimizer["state"]],
+                "state_scalars": scalars,
+            },
         }
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Written to a temporary file in the same folder, then renamed: a crash mid-write
         leaves the previous checkpoint intact."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        from safetensors.torch import save_file
+
+        from vsad._atomic import atomic_path
+
+        metadata = {METADATA_KEY: json.dumps(self.checkpoint_metadata())}
+        with atomic_path(path) as tmp:
+            save_file(self.checkpoint_tensors(), tmp, metadata=metadata)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(state["model"])
+        """Restores what save_checkpoint wrote; training then continues bit for bit as if it
+        had never stopped. Anything but a vsad safetensors checkpoint is refused unread."""
+        meta, tensors = _read_checkpoint(Path(path))
+        model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model)
         with torch.no_grad():
-            self.null_text.copy_(state["null_text"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.step = int(state["step"])
+            self.null_text.copy_(tensors["null_text"])
+        opt = meta["optimizer"]
+        state = {}
+        for index in opt["state_indices"]:
+            prefix = f"optimizer.{index}."
+            entry = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            entry.update(opt["state_scalars"].get(str(index), {}))
+            state[index] = entry
+        current = self.optimizer.state_dict()["param_groups"]
+        if len(current) != len(opt["param_groups"]):
+            raise ValueError(
+                f"checkpoint '{path}': {len(opt['param_groups'])} optimizer parameter groups, "
+                f"expected {len(current)}"
+            )
+        # JSON turned tuples (AdamW's betas) into lists; give them back their type.
+        groups = [
+            {k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()}
+            for saved, now in zip(opt["param_groups"], current, strict=True)
+        ]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.generator.set_state(tensors["generator"])
+        self.step = int(meta["step"])
+
+
+CHECKPOINT_FORMAT = 1
+METADATA_KEY = "vsad_checkpoint"
+
+
+def _read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a vsad checkpoint, or a ValueError that says what the file is."""
+    from safetensors import SafetensorError, safe_open
+
+    refused = (
+        f"checkpoint: '{path}' is not a vsad safetensors checkpoint{{why}}; expected a file "
+        "written by VALDMTrainer.save_checkpoint (pickle checkpoints, e.g. checkpoint.pt of older "
+        "versions, are refused: unpickling can run arbitrary code)"
+    )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if METADATA_KEY not in header:
+                raise ValueError(refused.format(why=f" (no '{METADATA_KEY}' header entry)"))
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except SafetensorError as exc:
+        raise ValueError(refused.format(why=f" ({exc})")) from None
+    try:
+        meta = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ValueError(refused.format(why=f" (its header entry is not JSON: {exc})")) from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"checkpoint: '{path}' has format {got!r}, expected {CHECKPOINT_FORMAT}")
+    missing = [k for k in ("null_text", "generator") if k not in tensors]
+    if missing:
+        raise ValueError(refused.format(why=f" (tensors {missing} are missing)"))
+    return meta, tensors

@@ -3,6 +3,7 @@
 - `overlay`: one view's anomaly map as a heat map over its image, ground truth outlined.
 - `view_panel` / `save_overlays`: all views of a sample in one picture (inputs above,
   overlays below, scores, colour scale), written atomically with optional per-view overlays.
+- `plot_score_histograms`: normal vs defective score histograms with the threshold drawn.
 - `roc_points` / `pr_points`: curve points thinned for plotting, with AUROC / AP computed
   from the same counts as vsad.eval; `plot_roc_curves` / `plot_metric_curves` draw them
   (matplotlib Figure + Agg canvas, pyplot is never touched) and write the file atomically.
@@ -23,6 +24,7 @@ from vsad.viz.curves import (
     roc_points,
     thin_curve,
 )
+from vsad.viz.histogram import plot_score_histograms
 from vsad.viz.overlay import COLORMAPS, colorize, overlay
 from vsad.viz.panel import safe_name, save_overlays, view_panel
 
@@ -35,6 +37,7 @@ __all__ = [
     "overlay",
     "plot_metric_curves",
     "plot_roc_curves",
+    "plot_score_histograms",
     "pr_points",
     "roc_points",
     "safe_name",

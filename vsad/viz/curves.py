@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vsad.data.imageio import atomic_write_bytes
+from vsad._atomic import atomic_write_bytes
 from vsad.eval.curves import binary_metrics_from_counts, exact_counts
 from vsad.eval.pixel import to_numpy
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -24,8 +25,8 @@ MAX_TILE_HEIGHT = 512  # default display height cap: a 5-view panel of 2k images
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _BACKGROUND = (24, 24, 24)
 _TEXT = (235, 235, 235)
-_ABOVE = (255, 80, 80)  # score >= threshold
-_BELOW = (90, 220, 90)  # score < threshold
+_ABOVE = (255, 80, 80)  # score > threshold: NG
+_BELOW = (90, 220, 90)  # score <= threshold: OK
 _GAP = 4
 
 
@@ -105,11 +106,12 @@ def _join_columns(columns: list[np.ndarray], gap: int = _GAP) -> np.ndarray:
 
 
 def _verdict(score: float, threshold: float | None) -> tuple[str, tuple[int, int, int]]:
+    # NG iff above, as the detector decides (vsad/detector/thresholds.py).
     if threshold is None:
         return "", _TEXT
-    if score >= threshold:
-        return " ANOMALOUS", _ABOVE
-    return " normal", _BELOW
+    if score > threshold:
+        return " NG", _ABOVE
+    return " OK", _BELOW
 
 
 def view_panel(
@@ -120,6 +122,7 @@ def view_panel(
     view_scores=None,
     sample_score=None,
     threshold=None,
+    sample_threshold=None,
     vmin=None,
     vmax=None,
     title=None,
@@ -136,8 +139,10 @@ def view_panel(
             map and mask has its own image's size; masks (or single entries) may be None.
         view_scores: M scores to print; default the maximum of each map (the model's view score).
         sample_score: printed in the header when given.
-        threshold: when given, scores >= threshold are printed in red ("ANOMALOUS"), the others
-            in green.
+        threshold: the view threshold; when given, views are labelled NG (red) or OK (green)
+            as the detector decides them: with a sample score and threshold, a view is NG only
+            in an NG sample (vsad.detector.base.view_decisions), else iff score > threshold.
+        sample_threshold: the same for the sample score in the header (default: threshold).
         vmin, vmax: the colour range; default the min / max over all M maps, so the views of one
             sample are comparable. Pass one range for all samples to compare samples.
         tile_height: display height of every view; default the tallest view, capped at 512.
@@ -152,6 +157,16 @@ def view_panel(
     low, high = check_range(vmin, vmax, maps)
     if threshold is not None:
         threshold = check_number(threshold, "threshold")
+    if sample_threshold is None:
+        sample_threshold = threshold
+    else:
+        sample_threshold = check_number(sample_threshold, "sample_threshold")
+    view_threshold = threshold
+    if threshold is not None and sample_threshold is not None and sample_score is not None:
+        # As the detector decides (vsad.detector.base.view_decisions): NG views only in an NG
+        # sample, and at least the view that made it NG.
+        ng_sample = check_number(sample_score, "sample_score") > sample_threshold
+        view_threshold = min(threshold, sample_threshold) if ng_sample else float("inf")
     if tile_height is None:
         tile_height = min(max(image.shape[0] for image in images), MAX_TILE_HEIGHT)
     elif not isinstance(tile_height, (int, np.integer)) or not 16 <= tile_height <= 8192:
@@ -174,7 +189,7 @@ def view_panel(
             colormap=colormap,
             contour_color=CONTOUR_COLOR,
         )
-        word, color = _verdict(scores[k], threshold)
+        word, color = _verdict(scores[k], view_threshold)  # inf (OK sample): every view OK
         top = _text_box(size[1], [f"view {k}  {height}x{width}", f"view {k}"], scale)
         label = f"view {k}: {scores[k]:.4g}"
         bottom = _text_box(size[1], [label + word, label, f"{k}: {scores[k]:.3g}"], scale, color)
@@ -188,9 +203,10 @@ def view_panel(
     header = [] if title is None else [str(title)]
     if sample_score is not None:
         score = check_number(sample_score, "sample_score")
-        word, color = _verdict(score, threshold)
+        word, color = _verdict(score, sample_threshold)
         header.append(
-            f"score {score:.4g}" + ("" if threshold is None else f" (thr {threshold:.4g})")
+            f"score {score:.4g}"
+            + ("" if sample_threshold is None else f" (thr {sample_threshold:.4g})")
         )
         header[-1] += word
     else:
@@ -234,16 +250,18 @@ def save_overlays(
     view_scores=None,
     sample_score=None,
     threshold=None,
+    sample_threshold=None,
     vmin=None,
     vmax=None,
     title=None,
-    per_view: bool = True,
+    per_view: bool | Sequence[int] = True,
     alpha: float = 0.5,
     colormap: str = "jet",
     tile_height: int | None = None,
 ) -> list[Path]:
     """Writes the panel of a sample as <out_dir>/<safe id>_panel.png and, with per_view, each
-    view's full-resolution overlay as <safe id>_view<k>.png (see safe_name). Returns the paths,
+    view's full-resolution overlay as <safe id>_view<k>.png (see safe_name); per_view may
+    also list the views to write (e.g. the NG views). Returns the paths,
     panel first.
 
     Every file is written to a temporary name and renamed into place, so a viewer or a crash
@@ -261,6 +279,7 @@ def save_overlays(
         view_scores=view_scores,
         sample_score=sample_score,
         threshold=threshold,
+        sample_threshold=sample_threshold,
         vmin=low,
         vmax=high,
         title=str(sample_id) if title is None else title,
@@ -268,18 +287,24 @@ def save_overlays(
         colormap=colormap,
         tile_height=tile_height,
     )
-    views = []
-    if per_view:
-        for image, values, mask in zip(images, maps, masks, strict=True):
-            views.append(
-                overlay(
-                    image, values, mask=mask, vmin=low, vmax=high, alpha=alpha, colormap=colormap
-                )
+    if per_view is True or per_view is False:
+        chosen = list(range(len(images))) if per_view else []
+    else:
+        chosen = sorted({int(k) for k in per_view})
+        if any(not 0 <= k < len(images) for k in chosen):
+            raise ValueError(
+                f"per_view: got view indices {chosen}, expected indices in 0..{len(images) - 1}"
             )
+    views = []
+    for k in chosen:
+        picture = overlay(
+            images[k], maps[k], mask=masks[k], vmin=low, vmax=high, alpha=alpha, colormap=colormap
+        )
+        views.append((k, picture))
     out = Path(out_dir)
     paths = [out / f"{name}_panel.png"]
     write_image(paths[0], panel)
-    for k, picture in enumerate(views):
+    for k, picture in views:
         paths.append(out / f"{name}_view{k}.png")
         write_image(paths[-1], picture)
     return paths

@@ -1,4 +1,5 @@
-"""Writing a synthetic category in the Real-IAD layout (read back by RealIADDataset)."""
+"""Writing a generated category (synthetic or real-photo) in the Real-IAD layout (read back by
+RealIADDataset)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vsad.data.imageio import atomic_write_bytes, write_image, write_mask
+from vsad._atomic import atomic_write_bytes
+from vsad.data.imageio import write_image, write_mask
 from vsad.data.realiad import REALIAD_DEFECT_CODES
 
 if TYPE_CHECKING:
+    from vsad.data.photo import PhotoCategory
     from vsad.data.synthetic import SyntheticCategory
 
-# Our defect kinds as Real-IAD defect codes.
-KIND_TO_CODE = {"scratch": "HS", "stain": "ZW", "missing": "QS", "particle": "YW"}
+# Our defect kinds as Real-IAD defect codes (a dent is a deformation, BX).
+KIND_TO_CODE = {"scratch": "HS", "stain": "ZW", "missing": "QS", "particle": "YW", "dent": "BX"}
 assert set(KIND_TO_CODE.values()) <= set(REALIAD_DEFECT_CODES)
 
 
 def write_realiad(
-    category: SyntheticCategory,
+    category: SyntheticCategory | PhotoCategory,
     root: str | os.PathLike,
     name: str | None = None,
     *,
@@ -31,8 +34,9 @@ def write_realiad(
     Files: ``<root>/realiad_jsons/<name>.json`` and
     ``<root>/realiad_<size>/<name>/{OK/S0001, NG/<code>/S0002}/<name>_<n>_..._C<k>_<ts>.<ext>``
     (<size> is the view height), masks as PNG beside the images (``_mask.png`` when the images
-    are PNG too). The json's meta also records the generator's settings and the exact
-    homographies under "vsad_synthetic". Every file is written atomically; returns the json path.
+    are PNG too). The json's meta also records the generator's settings (and, for a synthetic
+    category, the exact homographies) under "vsad_synthetic" or "vsad_photo". Every file is
+    written atomically; returns the json path.
     """
     name = name or category.name
     if image_format not in ("jpg", "png"):
@@ -66,16 +70,18 @@ def write_realiad(
                         "mask_path": mask_path,
                     }
                 )
+    generator = {
+        **category.settings,
+        "image_size": list(category.image_size),
+        "num_views": category.num_views,
+    }
+    if category.homographies is not None:
+        generator["homographies"] = category.homographies.tolist()
     meta = {
         "prefix": f"{name}/",
         "normal_class": "OK",
         "pixel_anomaly_classes": sorted(set(KIND_TO_CODE.values())),
-        "vsad_synthetic": {
-            **category.settings,
-            "image_size": list(category.image_size),
-            "num_views": category.num_views,
-            "homographies": category.homographies.tolist(),
-        },
+        "vsad_synthetic" if category.homographies is not None else "vsad_photo": generator,
     }
     json_path = root / "realiad_jsons" / f"{name}.json"
     text = json.dumps({"meta": meta, **splits}, indent=1)
