@@ -56,7 +56,7 @@ def _type_cases():
 RANGE_CASES = [
     # (model, override, key named in the message)
     ("vsad", "image_size=0", "image_size"),
-    ("vsad", "image_size=100", "image_size"),  # not a multiple of 32
+    ("vsad", ("encoder=unshuffle", "feature_levels=[-1]", "image_size=100"), "image_size"),
     ("vsad", "bank_radius=-1", "bank_radius"),
     ("vsad", "bank_mode=nearest", "bank_mode"),
     ("vsad", "bank_dtype=int8", "bank_dtype"),
@@ -67,14 +67,18 @@ RANGE_CASES = [
     ("vsad", "seed=-3", "seed"),
     ("vsad", "level_weights=[1, -1]", "level_weights"),
     ("vsad", "level_weights=[0, 0]", "level_weights"),
-    ("vsad", "level_weights=[1, 1, 1]", "level_weights"),  # two levels by default
+    ("vsad", "level_weights=[1, 1]", "level_weights"),  # one level (the latent) by default
     ("vsad", "level_weights=[]", "level_weights"),
     ("vsad", "coreset_ratio=0.5", "coreset_ratio"),  # local bank
     ("vsad", "encoder=resnet50", "encoder"),
     ("vsad", "encoder=vae", "encoder"),  # needs stable_diffusion
     ("vsad", "unshuffle_factor=0", "unshuffle_factor"),
-    ("vsad", "unshuffle_factor=3", "image_size"),  # 128 is no multiple of 24
-    ("vsad", ("encoder=efficientnet-lite0", "image_size=96"), "image_size"),  # 64 × k only
+    (
+        "vsad",
+        ("encoder=unshuffle", "feature_levels=[-1]", "image_size=128", "unshuffle_factor=3"),
+        "image_size",
+    ),
+    ("vsad", ("feature_levels=[-1]", "image_size=96"), "image_size"),  # 64 × k with a UNet
     ("vsad", "encoder_stages=[9]", "encoder_stages"),
     ("vsad", "encoder_channels=0", "encoder_channels"),
     ("vsad", "window=0", "window"),
@@ -90,7 +94,7 @@ RANGE_CASES = [
     ("vsad", "inversion_steps=-1", "inversion_steps"),
     ("vsad", "t_end=0", "t_end"),
     ("vsad", "t_end=1000", "t_end"),
-    ("vsad", "feature_levels=[]", "feature_levels"),
+    ("vsad", ("feature_levels=[]", "latent_level=false"), "feature_levels"),  # nothing to score
     ("vsad", "view_fusion=-0.5", "view_fusion"),
     ("vsad", "train.steps=0", "train.steps"),
     ("vsad", "train.batch_size=0", "train.batch_size"),
@@ -256,6 +260,6 @@ def test_valid_edge_values_are_accepted():
     VSADConfig(window=2)  # even R: half-integer offsets (DESIGN.md §3.1; the paper's Table 5)
     VSADConfig(head_dim=64)  # wider than the narrowest level: one head there
     VSADConfig(inversion_steps=0, t_end=5000)  # t_end is unused without inversion
-    VSADConfig(level_weights=[0.0, 1.0], smoothing_sigma=0.0, view_fusion=0.0)
+    VSADConfig(level_weights=[0.0, 1.0], feature_levels=[-1], smoothing_sigma=0.0, view_fusion=0)
     VSADConfig(train={"steps": 3})  # a nested section as a dict
     PatchKNNConfig(bank_mode="global", coreset_ratio=1.0)

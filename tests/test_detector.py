@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from vsad.data import make_category
-from vsad.detector import VSAD, PatchKNN, PatchKNNConfig, VSADConfig, load_detector
+from vsad.detector import UNET_PIPELINE, VSAD, PatchKNN, PatchKNNConfig, VSADConfig, load_detector
 
-# Tiny everything: a 64² model input, a few training steps, one inversion step.
+# The UNet pipeline with tiny everything: a 64² model input, a few training steps, one
+# inversion step (the default, the pretrained level alone, is tested in test_pretrained.py).
 TINY = {
+    **UNET_PIPELINE,
     "image_size": 64,
     "train": {"steps": 3, "batch_size": 1, "checkpoint_every": 100},
     "inversion_steps": 1,
@@ -163,7 +165,9 @@ def test_bad_input_gets_clear_errors(fitted_knn, category):
 
 
 def test_config_validation_and_overrides(tmp_path):
-    config = VSADConfig().with_overrides(["train.steps=7", "bank_mode=global", "use_mvam=false"])
+    config = VSADConfig.from_dict(UNET_PIPELINE).with_overrides(
+        ["train.steps=7", "bank_mode=global", "use_mvam=false"]
+    )
     assert (config.train.steps, config.bank_mode, config.use_mvam) == (7, "global", False)
     assert VSADConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown key"):
@@ -175,10 +179,10 @@ def test_config_validation_and_overrides(tmp_path):
     with pytest.raises(ValueError, match="needs stable_diffusion"):
         VSADConfig(encoder="vae")
     with pytest.raises(ValueError, match="image_size: got 100"):
-        VSADConfig(image_size=100)
+        VSADConfig.from_dict({**UNET_PIPELINE, "image_size": 100})
     with pytest.raises(ValueError, match="level_weights: got 2 weights, expected 3 .*latent"):
-        VSADConfig(level_weights=[0.5, 0.5], latent_level=True)  # two decoder levels + latent
-    with pytest.raises(ValueError, match=r"level_weights: got 3 weights, expected 2 \(one per"):
+        VSADConfig(level_weights=[0.5, 0.5], feature_levels=[-2, -1])  # two decoder + latent
+    with pytest.raises(ValueError, match=r"level_weights: got 3 weights, expected 1 \(one per"):
         VSADConfig(level_weights=[0.2, 0.3, 0.5])
     with pytest.raises(ValueError, match="latent_level: got 'yes'"):
         VSADConfig(latent_level="yes")
@@ -191,7 +195,7 @@ def test_config_validation_and_overrides(tmp_path):
 def test_missing_stable_diffusion_parts_are_named(tmp_path, category):
     (tmp_path / "sd" / "unet").mkdir(parents=True)
     (tmp_path / "sd" / "unet" / "config.json").write_text("{}")
-    detector = VSAD(VSADConfig(stable_diffusion=str(tmp_path / "sd")))
+    detector = VSAD(VSADConfig(stable_diffusion=str(tmp_path / "sd"), feature_levels=[-2, -1]))
     with pytest.raises(FileNotFoundError, match=r"vae[/\\]config.json is missing"):
         detector.fit(category.train, homographies=category.homographies, progress=False)
 

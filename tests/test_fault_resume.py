@@ -48,7 +48,8 @@ def realiad_root(tmp_path_factory):
 def train_command(root, run):
     return [
         sys.executable, "-c", CLI, "train", "--data", str(root), "--category", "toy",
-        "--out", str(run), "--quiet", "image_size=64", "inversion_steps=1",
+        "--out", str(run), "--quiet", "encoder=unshuffle", "feature_levels=[-2,-1]",
+        "latent_level=false", "image_size=64", "inversion_steps=1",
         f"train.steps={STEPS}", "train.checkpoint_every=1",
     ]  # fmt: skip
 
@@ -60,7 +61,12 @@ def env():
 
 def run_to_completion(root, run) -> str:
     done = subprocess.run(
-        train_command(root, run), capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env()
+        train_command(root, run),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env=env(),
+        cwd=root,  # not the checkout: its source tree has no compiled vsad._C
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stderr
@@ -97,6 +103,7 @@ def test_sigkill_mid_training_then_rerun_resumes_to_the_same_weights(realiad_roo
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env(),
+        cwd=realiad_root,
     )
     try:
         deadline = time.monotonic() + RUN_TIMEOUT  # bounds the wait, times nothing

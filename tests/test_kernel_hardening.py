@@ -173,7 +173,7 @@ def test_avx512_without_bf16_runs_the_avx512_window_attention(rng):
 
 
 @pytest.mark.parametrize("value", ["generic", "avx2", "avx512", "avx512_bf16", "nonsense"])
-def test_vsad_cpu_isa_override(value):
+def test_vsad_cpu_isa_override(value, tmp_path):
     """VSAD_CPU_ISA lowers the level at start-up (never raises it: that would SIGILL)."""
     code = "import vsad; b = vsad.backends(); print(b['cpu_isa'], b['cpu_kernels']['window_attention'])"  # noqa: E501
     done = subprocess.run(
@@ -182,6 +182,9 @@ def test_vsad_cpu_isa_override(value):
         text=True,
         timeout=120,
         env={**os.environ, "VSAD_CPU_ISA": value},
+        # Not the checkout: `-c` puts the working directory first on sys.path, and the source
+        # tree has no compiled vsad._C (a non-editable install puts it in site-packages).
+        cwd=tmp_path,
     )
     supported = _C.supported_isas()
     if value == "nonsense":

@@ -20,6 +20,7 @@ from conftest import SHARED_DATA
 
 from vsad.data import make_category
 from vsad.detector import (
+    UNET_PIPELINE,
     VSAD,
     PatchCore,
     PatchCoreConfig,
@@ -343,8 +344,10 @@ def category():
     return make_category(n_train=4, n_test=4, n_views=3, image_size=128, seed=4, defect_rate=0.5)
 
 
-PRETRAINED_VSAD = {
+PRETRAINED_VSAD = {  # the UNet pipeline on pretrained latents
     "encoder": "efficientnet-lite0",
+    "feature_levels": [-2, -1],
+    "feature_pool": 3,
     "encoder_channels": 32,
     "latent_level": True,
     "image_size": 128,
@@ -404,11 +407,11 @@ def test_vsad_on_pretrained_features_end_to_end(category, tmp_path, rng):
         load_detector(tmp_path / "model")
 
 
-def paste_defect(views, rng_np, view=1):
+def paste_defect(views, rng_np, view=1, size=32):
     views = [v.copy() for v in views]
     h, w = views[view].shape[:2]
-    y, x = int(rng_np.integers(16, h - 40)), int(rng_np.integers(16, w - 40))
-    views[view][y : y + 24, x : x + 24] = (0, 230, 40)
+    y, x = int(rng_np.integers(16, h - 16 - size)), int(rng_np.integers(16, w - 16 - size))
+    views[view][y : y + size, x : x + size] = (0, 230, 40)
     return views
 
 
@@ -441,12 +444,13 @@ def test_patchcore_and_patchknn_backbone_end_to_end(which, category, tmp_path, r
         assert len(detector.banks) == 3 * round(0.1 * 4 * 16 * 16)
     np_rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=rng)))
     normal = [s for s in category.test if s.label == 0]
-    # The same unit with and without a pasted defect in view 1: with 4 training samples at
-    # 96² the margin over every other normal sample is too thin to assert on every seed.
+    # The same unit with and without a pasted 32² defect in view 1: with 4 training samples at
+    # 96-128² the margin over every other normal sample is too thin to assert on every seed.
+    # (A 24² square gave PatchCore ratios down to 1.096 over 30 placements; 32² gives >= 1.35.)
     clean = detector.predict(normal[0])
     defect = detector.predict(paste_defect(normal[0].images, np_rng))
     print("clean", clean.view_scores, "defect", defect.view_scores)
-    assert defect.view_scores[1] > 1.1 * clean.view_scores[1]  # measured 1.19-10 over seeds
+    assert defect.view_scores[1] > 1.2 * clean.view_scores[1]
     np.testing.assert_allclose(defect.view_scores[[0, 2]], clean.view_scores[[0, 2]], rtol=1e-5)
     _assert_round_trip(detector, category, tmp_path)
     assert not (tmp_path / "model" / "weights.safetensors").exists(), "backbone must not be saved"
@@ -456,7 +460,12 @@ def test_models_saved_before_the_new_keys_load_unchanged(category, tmp_path):
     knn = PatchKNN(PatchKNNConfig(image_size=64)).fit(category.train, progress=False)
     vsad = VSAD(
         VSADConfig.from_dict(
-            {"image_size": 64, "train": {"steps": 1, "batch_size": 1}, "inversion_steps": 1}
+            {
+                **UNET_PIPELINE,
+                "image_size": 64,
+                "train": {"steps": 1, "batch_size": 1},
+                "inversion_steps": 1,
+            }
         )
     ).fit(category.train, homographies=category.homographies, progress=False)
     for detector, dropped in (
@@ -492,11 +501,13 @@ def test_config_errors_name_key_value_and_expectation():
         match=r"image_size: got 96, expected a multiple of 64 \(efficientnet-lite0's stride 8 "
         r"at stage 2",
     ):
-        VSADConfig(encoder="efficientnet-lite0", image_size=96)
+        VSADConfig(encoder="efficientnet-lite0", image_size=96, feature_levels=[-1])
     with pytest.raises(
         ValueError, match=r"image_size: got 128, expected a multiple of 256 .*stride 32 at stage 5"
     ):
-        VSADConfig(encoder="efficientnet-lite0", encoder_stages=[5, 6], image_size=128)
+        VSADConfig(
+            encoder="efficientnet-lite0", encoder_stages=[5, 6], image_size=128, feature_levels=[-1]
+        )
     with pytest.raises(
         ValueError, match=r"encoder_channels: got 153, expected None or an integer in 1\.\.152"
     ):

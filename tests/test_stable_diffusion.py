@@ -53,7 +53,13 @@ def sd_folder(tmp_path_factory):
 
 def test_fit_predict_save_load_with_a_local_stable_diffusion_folder(sd_folder, tmp_path):
     category = make_category(n_train=3, n_test=2, n_views=3, image_size=96, seed=5)
-    config = VSADConfig(stable_diffusion=str(sd_folder), encoder="vae", image_size=64)
+    config = VSADConfig(
+        stable_diffusion=str(sd_folder),
+        encoder="vae",
+        image_size=64,
+        feature_levels=[-2, -1],
+        latent_level=False,
+    )
     detector = VSAD(config.with_overrides(["train.steps=2"]))
     detector.fit(category.train, homographies=category.homographies, progress=False)
     # The SD UNet (4 decoder blocks, 1024-wide text conditioning) is the one that was trained;
@@ -85,9 +91,17 @@ def test_folder_without_weights_is_named(sd_folder, tmp_path):
         load_stable_diffusion(broken)
 
 
+def test_stable_diffusion_needs_decoder_levels(sd_folder):
+    with pytest.raises(ValueError, match="feature_levels: got \\[\\] with stable_diffusion"):
+        VSADConfig(stable_diffusion=str(sd_folder), encoder="vae")
+
+
 def test_tiny_unet_overrides_are_refused_with_stable_diffusion(sd_folder):
     config = VSADConfig(
-        stable_diffusion=str(sd_folder), encoder="vae", unet={"layers_per_block": 2}
+        stable_diffusion=str(sd_folder),
+        encoder="vae",
+        unet={"layers_per_block": 2},
+        feature_levels=[-1],
     )
     category = make_category(n_train=2, n_test=1, n_views=3, image_size=64, seed=1)
     with pytest.raises(ValueError, match="unet: overrides of the tiny UNet config"):

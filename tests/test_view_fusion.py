@@ -13,7 +13,7 @@ from test_mvam import bilinear
 from window_attention_cases import random_homographies, ring_neighbors
 
 from vsad.data import make_category
-from vsad.detector import VSAD, VSADConfig, load_detector
+from vsad.detector import UNET_PIPELINE, VSAD, VSADConfig, load_detector
 from vsad.detector.inputs import to_model_tensor, views_of
 from vsad.geometry import scale_homography
 from vsad.model.view_fusion import fuse_views
@@ -76,7 +76,8 @@ def test_weight_zero_is_the_identity_and_bad_input_is_named(rng):
 
 def test_detector_fuses_and_old_saves_load_without_fusion(tmp_path):
     category = make_category(n_train=3, n_test=1, n_views=3, image_size=64, seed=2)
-    tiny = {"image_size": 64, "train": {"steps": 2, "batch_size": 1}, "view_fusion": 0.5}
+    tiny = {**UNET_PIPELINE, "image_size": 64, "train": {"steps": 2, "batch_size": 1},
+            "view_fusion": 0.5}  # fmt: skip
     detector = VSAD(VSADConfig.from_dict(tiny))
     detector.fit(category.train, homographies=category.homographies, progress=False)
     fused = detector.predict(category.test[0])
@@ -106,7 +107,8 @@ def test_detector_fuses_and_old_saves_load_without_fusion(tmp_path):
 
 def test_fusion_leaves_out_pairs_that_fell_back_to_the_identity():
     category = make_category(n_train=3, n_test=1, n_views=3, image_size=64, seed=3)
-    tiny = {"image_size": 64, "train": {"steps": 2, "batch_size": 1}, "view_fusion": 0.5}
+    tiny = {**UNET_PIPELINE, "image_size": 64, "train": {"steps": 2, "batch_size": 1},
+            "view_fusion": 0.5}  # fmt: skip
     detector = VSAD(VSADConfig.from_dict(tiny))
     detector.fit(category.train, homographies=category.homographies, progress=False)
     images = to_model_tensor(views_of(category.test[0], where="test[0]"), 64)[None]

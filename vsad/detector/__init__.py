@@ -10,11 +10,18 @@
 """
 
 from vsad.detector.base import BankDetector, Prediction, load_detector
-from vsad.detector.config import DetectorConfig, PatchCoreConfig, PatchKNNConfig, VSADConfig
+from vsad.detector.config import (
+    UNET_PIPELINE,
+    DetectorConfig,
+    PatchCoreConfig,
+    PatchKNNConfig,
+    VSADConfig,
+)
 from vsad.detector.patchknn import PatchCore, PatchKNN
 from vsad.detector.vsad_model import VSAD
 
 __all__ = [
+    "UNET_PIPELINE",
     "VSAD",
     "BankDetector",
     "DetectorConfig",

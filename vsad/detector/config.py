@@ -157,20 +157,31 @@ class DetectorConfig:
 class VSADConfig(DetectorConfig):
     """ViewSense-AD: latent encoder, UNet with MVAM + FRM, training and feature extraction.
 
-    The default is the embedded tiny model (trains from scratch on a CPU); set
-    `stable_diffusion` to a local Stable Diffusion 2 folder (diffusers layout) to start from its
-    UNet (and VAE with encoder="vae")."""
+    Default (chosen on the real-photo benchmark, BENCHMARKS.md "Real-photo benchmark"): the
+    frozen ImageNet EfficientNet-Lite0 level alone at 384² — no UNet is built or trained, since
+    its decoder levels, MVAM, FRM and cross-view fusion each lowered S-AUROC there. The paper's
+    pipeline is `feature_levels=[-2, -1]` (UNet decoder levels; `UNET_PIPELINE` gives the tiny
+    from-scratch model that was the default before); `stable_diffusion` points at a local
+    Stable Diffusion 2 folder (diffusers layout) to start from its UNet (and VAE with
+    encoder="vae")."""
 
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
         "view_fusion": 0.0,
+        "latent_level": False,  # added with default False; the default is True since
         "encoder_stages": list(DEFAULT_STAGES),
         "encoder_channels": None,
     }
 
-    # "unshuffle" (lossless f×f patches), "vae" (a local SD2 folder's), or a frozen
-    # ImageNet-pretrained "efficientnet-lite0" / "-lite1" / "-lite2" (vsad.model.pretrained):
-    # the UNet is then trained and inverted in that feature space.
-    encoder: str = "unshuffle"
+    # Input size: 384² beat 256² and 320² on the real-photo benchmark (a denser feature grid;
+    # 448² was no better and slower).
+    image_size: int = 384
+    # No averaging over neighbouring cells: the pretrained features are already spatially
+    # smooth; 1 beat 3 and 5 on V-AUROC at 384².
+    feature_pool: int = 1
+    # A frozen ImageNet-pretrained "efficientnet-lite0" / "-lite1" / "-lite2"
+    # (vsad.model.pretrained), "unshuffle" (lossless f×f pixel patches) or "vae" (a local SD2
+    # folder's); with decoder levels the UNet is trained and inverted in that latent space.
+    encoder: str = "efficientnet-lite0"
     unshuffle_factor: int = 4
     # Pretrained encoders only: the stages read (0–6; coarser ones upsampled to the finest
     # one's grid and concatenated; [2, 4] = 152 channels at stride 8 for Lite0), and an
@@ -202,18 +213,16 @@ class VSADConfig(DetectorConfig):
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100))
     inversion_steps: int = 4  # DDIM inversion steps before reading the features
     t_end: int = 200  # timestep the inversion reaches
-    # Levels read for the bank, in decoder order (-1 = finest). With placement "resnet" the
-    # default is the two ResBlocks of the finest decoder block (full latent resolution).
-    feature_levels: list[int] = field(default_factory=lambda: [-2, -1])
+    # UNet decoder levels read for the bank, in decoder order (-1 = finest; with placement
+    # "resnet" [-2, -1] are the two ResBlocks of the finest decoder block). Empty by default:
+    # only the encoder's latent level is scored and no UNet exists (BENCHMARKS.md).
+    feature_levels: list[int] = field(default_factory=list)
     # Weight of the neighbours' homography-warped features in each view's scored features
     # (vsad.model.view_fusion; beyond the paper, measured in BENCHMARKS.md); 0 = off.
     view_fusion: float = 0.5
-    # Also score the encoder's latent as one more level, after the decoder levels and without
-    # fusion: with the unshuffle encoder these are the f×f pixel patches PatchKNN scores, which
-    # localise sharply where the UNet features are smooth (beyond the paper). Off by default: on
-    # the demo data (5 seeds, BENCHMARKS.md) it raised P-AP by 10.6 points on every seed, left
-    # S-, V-AUROC and AUPRO equal within noise, and lowered all three on one held-out seed.
-    latent_level: bool = False
+    # Score the encoder's latent as a level (after the decoder levels, not fused): the
+    # standardised pretrained features, or with the unshuffle encoder the f×f pixel patches.
+    latent_level: bool = True
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "unshuffle_factor": at_least(1),
@@ -235,6 +244,12 @@ class VSADConfig(DetectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.stable_diffusion and not self.feature_levels:
+            raise ValueError(
+                f"feature_levels: got [] with stable_diffusion={self.stable_diffusion!r}; a "
+                "Stable Diffusion UNet is only used through its decoder levels (e.g. "
+                "feature_levels=[-2, -1])"
+            )
         if self.encoder == "vae" and not self.stable_diffusion:
             raise ValueError(
                 "encoder: 'vae' needs stable_diffusion=<local Stable Diffusion 2 folder> (the "
@@ -356,6 +371,17 @@ class PatchCoreConfig(PatchKNNConfig):
     bank_mode: str = "global"
     coreset_ratio: float | None = 0.1
     normalization: str = "none"
+
+
+#: The paper's pipeline on the embedded tiny UNet trained from scratch on pixel patches: the
+#: default before the real-photo benchmark (`VSADConfig.from_dict({**UNET_PIPELINE, ...})`).
+UNET_PIPELINE: dict[str, Any] = {
+    "encoder": "unshuffle",
+    "image_size": 128,
+    "feature_levels": [-2, -1],
+    "latent_level": False,
+    "feature_pool": 3,
+}
 
 
 def _train_config(section: dict) -> TrainConfig:

@@ -293,7 +293,7 @@ class VSAD(BankDetector):
 
     def _extra_meta(self) -> dict:
         report = getattr(self.homographies, "report", None)
-        return {"homography_report": _jsonable(report)}
+        return {"homography_report": None if report is None else [r.to_dict() for r in report]}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         from vsad import geometry
@@ -313,27 +313,15 @@ class VSAD(BankDetector):
             return
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.null_text = tensors["null_text"]
+        # The pair report decides which pairs cross-view fusion leaves out (fallbacks), so it
+        # must come back with the matrices for the scores to be the saved detector's.
+        report = meta.get("homography_report") or []
+        if not isinstance(report, list):
+            raise ValueError(f"detector.json: homography_report is {report!r}, expected a list")
         self.homographies = geometry.ViewHomographies(
             H=tensors["homography.H"].numpy(),
             neighbors=tensors["homography.neighbors"].numpy(),
             image_size=self.view_size,
+            report=[geometry.PairReport.from_dict(r, "detector.json") for r in report],
         )
         self.model.eval()
-
-
-def _jsonable(value):
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return _jsonable(asdict(value))
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value

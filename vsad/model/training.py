@@ -132,13 +132,16 @@ class VALDMTrainer:
             noisy, t, text, views=M, homography=self.homography, neighbors=self.neighbors
         )
         denoise = F.mse_loss(pred, noise.flatten(0, 1))  # eq. 8
-        refine = refine_loss(
-            features,
-            self.homography,
-            self.neighbors,
-            latents.shape[-2],
-            mode=self.config.refine_mode,
-        )  # eq. 11
+        if bool((self.neighbors >= 0).any()):
+            refine = refine_loss(
+                features,
+                self.homography,
+                self.neighbors,
+                latents.shape[-2],
+                mode=self.config.refine_mode,
+            )  # eq. 11
+        else:  # every view pair was left out of the graph: nothing to align across views
+            refine = denoise.new_zeros(())
         return denoise + self.config.refine_weight * refine, denoise, refine
 
     def train_step(self, latents: torch.Tensor) -> dict[str, float]:
