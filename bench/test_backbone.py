@@ -1,5 +1,6 @@
 """The pretrained EfficientNet-Lite0 backbone: forward of one five-view 256² sample per
-precision and layout, and the detectors built on it against the current tiny default.
+precision and layout, and the detectors built on it against the tiny UNet pipeline (the
+default before the real-photo benchmark).
 
 - backbone providers (stages 2 + 4, 152 channels at 32²): `fp32_nchw` — the library's modules
   as loaded (batch norms separate, NCHW; the baseline); `fp32_channels_last_unfolded` — the
@@ -9,9 +10,12 @@ precision and layout, and the detectors built on it against the current tiny def
   the feature error is recorded.
 - bf16 and the scores: PatchCore fitted with float32 and with bf16 features on the same data;
   the sample scores' largest relative change, rank agreement and S-AUROC are recorded.
-- predict of one five-view sample (views 256², batch 1): VSAD on pretrained features (256²
-  input, latent level on), PatchCore, the tiny VSAD default (128²) and PatchKNN, one run.
-- fit on 40 five-view samples (default 100 training steps, exact homographies): one round each.
+- predict of one five-view sample (views 256², batch 1): the VSAD default (pretrained level
+  alone, 384² input, no UNet), VSAD's UNet pipeline on pretrained features (256², two decoder
+  levels + the pretrained level), the tiny UNet pipeline (`UNET_PIPELINE`, 128²; the baseline),
+  PatchCore and PatchKNN, one run.
+- fit on 40 five-view samples (100 training steps where a UNet is trained, exact
+  homographies): one round each.
 
 Run: pytest bench/test_backbone.py --benchmark-json=backbone.json
 then python bench/report.py backbone.json for the BENCHMARKS.md tables.
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from vsad.data import make_category
-from vsad.detector import VSAD, PatchCore, PatchKNN, VSADConfig
+from vsad.detector import UNET_PIPELINE, VSAD, PatchCore, PatchKNN, VSADConfig
 from vsad.model.pretrained import (
     PretrainedFeatures,
     bf16_supported,
@@ -142,27 +146,28 @@ def test_bf16_features_and_patchcore_scores(category, machine):
     assert spearman > 0.5
 
 
-def _fit_vsad(category, steps=2, **overrides):
-    config = VSADConfig().with_overrides({"train.steps": steps, **overrides})
+def _fit_vsad(category, config: dict, steps=2):
+    config = VSADConfig.from_dict(config).with_overrides({"train.steps": steps})
     return VSAD(config).fit(category.train, homographies=category.homographies, progress=False)
 
 
-PRETRAINED = {"encoder": NAME, "image_size": 256, "latent_level": True}
+VSAD_CONFIGS = {
+    "vsad_default": {},
+    "vsad_unet_lite0": {"image_size": 256, "feature_levels": [-2, -1], "feature_pool": 3},
+    "vsad_unet_tiny": UNET_PIPELINE,  # the baseline
+}
+BASELINE = "vsad_unet_tiny"
 
 
 @pytest.fixture(scope="module")
 def detectors(category):
-    return {
-        "vsad_tiny_default": _fit_vsad(category),
-        "vsad_pretrained": _fit_vsad(category, **PRETRAINED),
-        "patchcore": PatchCore().fit(category.train, progress=False),
-        "patchknn": PatchKNN().fit(category.train, progress=False),
-    }
+    fitted = {name: _fit_vsad(category, config) for name, config in VSAD_CONFIGS.items()}
+    fitted["patchcore"] = PatchCore().fit(category.train, progress=False)
+    fitted["patchknn"] = PatchKNN().fit(category.train, progress=False)
+    return fitted
 
 
-@pytest.mark.parametrize(
-    "provider", ["vsad_tiny_default", "vsad_pretrained", "patchcore", "patchknn"]
-)
+@pytest.mark.parametrize("provider", [*VSAD_CONFIGS, "patchcore", "patchknn"])
 def test_predict_one_sample(benchmark, machine, category, detectors, provider):
     detector = detectors[provider]
     sample = category.test[0]
@@ -176,23 +181,23 @@ def test_predict_one_sample(benchmark, machine, category, detectors, provider):
     benchmark.extra_info.update(
         machine,
         provider=provider,
-        baseline="vsad_tiny_default",
+        baseline=BASELINE,
         breakdown_seconds={k: v / 3 for k, v in timings.items()},
     )
 
 
-@pytest.mark.parametrize("provider", ["vsad_tiny_default", "vsad_pretrained", "patchcore"])
+@pytest.mark.parametrize("provider", [*VSAD_CONFIGS, "patchcore"])
 def test_fit_40_samples(benchmark, machine, category, provider):
-    """One round each (the default 100 training steps for VSAD)."""
+    """One round each (100 training steps where a UNet is trained)."""
 
     def fit():
         start = time.perf_counter()
         if provider == "patchcore":
             PatchCore().fit(category.train, progress=False)
         else:
-            _fit_vsad(category, steps=100, **(PRETRAINED if provider == "vsad_pretrained" else {}))
+            _fit_vsad(category, VSAD_CONFIGS[provider], steps=100)
         return time.perf_counter() - start
 
     benchmark.group = "fit on 40 five-view samples (views 256²)"
     benchmark.pedantic(fit, rounds=1, iterations=1)
-    benchmark.extra_info.update(machine, provider=provider, baseline="vsad_tiny_default")
+    benchmark.extra_info.update(machine, provider=provider, baseline=BASELINE)

@@ -1,6 +1,8 @@
-"""Latency of the default VSAD: predict of one five-view 256² sample (with a breakdown into
-encoder, UNet, MVAM, cross-view fusion, bank search, scoring), with and without the fusion
-and with the previous block placement of MVAM + FRM, and one training step.
+"""Latency of the paper's UNet pipeline (`UNET_PIPELINE`: tiny UNet, MVAM + FRM after each
+decoder ResBlock): predict of one five-view 256² sample (with a breakdown into encoder, UNet,
+MVAM, cross-view fusion, bank search, scoring), with and without the fusion and with the block
+placement of MVAM + FRM, and one training step. The default model (pretrained level, no UNet)
+is timed in bench/test_backbone.py.
 
 Weights do not change the cost, so the model is fitted with 2 steps. Run:
     pytest bench/test_model.py --benchmark-json=model.json; python bench/report.py model.json
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from vsad.data import make_category
-from vsad.detector import VSAD, PatchKNN, VSADConfig
+from vsad.detector import UNET_PIPELINE, VSAD, PatchKNN, VSADConfig
 from vsad.model.training import VALDMTrainer
 
 
@@ -23,7 +25,7 @@ def category():
 
 
 def _fit(category, **overrides):
-    config = VSADConfig().with_overrides({"train.steps": 2, **overrides})
+    config = VSADConfig.from_dict(UNET_PIPELINE).with_overrides({"train.steps": 2, **overrides})
     return VSAD(config).fit(category.train, homographies=category.homographies, progress=False)
 
 
@@ -37,8 +39,8 @@ def fitted_block(category):
     return _fit(category, placement="block")
 
 
-# The default fuses the views' features (view_fusion=0.5); 0.0 is the paper's pipeline, and
-# placement="block" the previous default (MVAM + FRM after each decoder block, not each
+# The pipeline fuses the views' features (view_fusion=0.5); 0.0 is the paper's pipeline, and
+# placement="block" the earlier placement (MVAM + FRM after each decoder block, not each
 # ResBlock): both timed in the same run as baselines of what the default costs.
 @pytest.mark.parametrize(
     ("variant", "view_fusion"),

@@ -1,4 +1,4 @@
-// Memory-bank search (DESIGN.md §3.2): for every query, the nearest bank row in L2 distance.
+// Memory-bank search (docs/design.md §3.2): for every query, the nearest bank row in L2 distance.
 #pragma once
 #include <cstdint>
 

@@ -136,7 +136,7 @@ void register_window_attention(py::module_& m) {
       py::arg("dtype"), py::arg("B"), py::arg("M"), py::arg("H"), py::arg("W"), py::arg("C"),
       py::arg("N"), py::arg("window"), py::arg("heads"), py::arg("hom_batch"), py::arg("scale"),
       py::arg("num_threads"),
-      "Fused MVAM window-attention forward on raw contiguous CPU buffers (see DESIGN.md §3.1).");
+      "Fused MVAM window-attention forward on raw contiguous CPU buffers (see docs/design.md §3.1).");
 
   m.def(
       "window_attention_backward",

@@ -1,4 +1,4 @@
-// MVAM window attention (DESIGN.md §3.1): homography-projected R x R window gather + attention.
+// MVAM window attention (docs/design.md §3.1): homography-projected R x R window gather + attention.
 #pragma once
 #include <cstddef>
 #include <cstdint>

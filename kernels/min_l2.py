@@ -1,4 +1,4 @@
-"""Triton kernels of the memory-bank search (DESIGN.md §3.2): min_l2 and the bank's ‖b‖².
+"""Triton kernels of the memory-bank search (docs/design.md §3.2): min_l2 and the bank's ‖b‖².
 
 Called by ``vsad/ops/min_l2.py`` for backend "triton"; the semantics are those of the reference
 twin ``vsad/ops/min_l2_reference.py`` and the C++ kernel ``csrc/kernels/min_l2.cpp``:

@@ -1,4 +1,4 @@
-"""Triton kernels of the MVAM window attention (DESIGN.md §3.1), forward and backward.
+"""Triton kernels of the MVAM window attention (docs/design.md §3.1), forward and backward.
 
 Called by ``vsad/ops/window_attention.py`` for backend "triton"; the semantics are those of the
 reference twin ``vsad/ops/window_attention_reference.py`` and the C++ kernel

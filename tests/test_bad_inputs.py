@@ -257,7 +257,7 @@ def test_a_well_formed_tree_reads(tmp_path):
 
 def test_valid_edge_values_are_accepted():
     """Values at the edge of their range are meant to be valid, not silently wrong ones."""
-    VSADConfig(window=2)  # even R: half-integer offsets (DESIGN.md §3.1; the paper's Table 5)
+    VSADConfig(window=2)  # even R: half-integer offsets (docs/design.md §3.1; the paper's Table 5)
     VSADConfig(head_dim=64)  # wider than the narrowest level: one head there
     VSADConfig(inversion_steps=0, t_end=5000)  # t_end is unused without inversion
     VSADConfig(level_weights=[0.0, 1.0], feature_levels=[-1], smoothing_sigma=0.0, view_fusion=0)

@@ -1,4 +1,4 @@
-"""PatchCore's greedy k-center coreset (vsad.ops.kcenter_greedy, DESIGN.md §3.2) against a
+"""PatchCore's greedy k-center coreset (vsad.ops.kcenter_greedy, docs/design.md §3.2) against a
 textbook float64 selection, plus its arguments and its memory bound (never N×N)."""
 
 from __future__ import annotations

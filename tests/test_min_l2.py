@@ -1,4 +1,4 @@
-"""Exact memory-bank search (DESIGN.md §3.2) against a float64 brute force and the reference."""
+"""Exact memory-bank search (docs/design.md §3.2) against float64 brute force and the reference."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Triton memory-bank search (DESIGN.md §3.2) against a float64 brute force.
+"""The Triton memory-bank search (docs/design.md §3.2) against a float64 brute force.
 
 Without a GPU the Triton kernels run on CPU tensors under TRITON_INTERPRET=1, which must be set
 before the kernel module is imported. So this file runs itself as a script in a subprocess with

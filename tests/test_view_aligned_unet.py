@@ -1,4 +1,4 @@
-"""MVAM + FRM attached to a diffusers UNet decoder (paper eq. 7, DESIGN.md §4)."""
+"""MVAM + FRM attached to a diffusers UNet decoder (paper eq. 7, docs/design.md §4)."""
 
 from __future__ import annotations
 

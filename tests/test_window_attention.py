@@ -1,4 +1,4 @@
-"""The fused cpp window attention against its PyTorch reference (DESIGN.md §3.1)."""
+"""The fused cpp window attention against its PyTorch reference (docs/design.md §3.1)."""
 
 from __future__ import annotations
 

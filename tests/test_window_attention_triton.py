@@ -1,4 +1,4 @@
-"""The Triton window attention (DESIGN.md §3.1) against its PyTorch reference twin.
+"""The Triton window attention (docs/design.md §3.1) against its PyTorch reference twin.
 
 Without a GPU the Triton kernels run on CPU tensors under TRITON_INTERPRET=1, which must be set
 before the kernel module is imported. So this file runs itself as a script in a subprocess with

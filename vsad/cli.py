@@ -332,6 +332,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(
         Path(args.out),
+        photos=args.photos,
+        preset=args.preset,
+        overrides=args.overrides,
         steps=args.steps,
         n_train=args.train_samples,
         n_test=args.test_samples,
@@ -406,14 +409,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="synthetic category from the packaged texture: train, evaluate, draw (~5 min)",
+        help="fit, evaluate and draw the default model on a synthetic category from the "
+        "packaged texture (~2 min), or on your photographs of one object (--photos)",
     )
     demo.add_argument("--out", default="vsad-demo", help="output folder (default ./vsad-demo)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default config)")
+    demo.add_argument(
+        "--photos",
+        default=None,
+        help="folder of >= 5 photographs of one object, one per camera (name order): a "
+        "real-photo category with made normal variation and defects instead",
+    )
+    demo.add_argument(
+        "--preset",
+        default="realistic",
+        choices=("easy", "placement", "realistic"),
+        help="difficulty of the real-photo category (docs/photo-benchmark.md)",
+    )
+    demo.add_argument(
+        "--steps", type=int, default=None, help="UNet training steps (UNet pipeline only)"
+    )
     demo.add_argument("--train-samples", type=int, default=40)
     demo.add_argument("--test-samples", type=int, default=40)
     demo.add_argument("--no-baseline", action="store_true", help="skip the PatchKNN comparison")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="VSAD config overrides")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -1,4 +1,4 @@
-// MVAM window attention, fused forward and backward (DESIGN.md §3.1), compiled once per ISA.
+// MVAM window attention, fused forward and backward (docs/design.md §3.1), compiled once per ISA.
 //
 // Shared-corner trick: the R x R candidates of one neighbour slot sit at integer offsets from one
 // projected point, so they all have the same fractional part (fx, fy) and their bilinear corners

@@ -167,7 +167,7 @@ class VSADConfig(DetectorConfig):
 
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
         "view_fusion": 0.0,
-        "latent_level": False,  # added with default False; the default is True since
+        "latent_level": False,  # off when it was added; on since the real-photo benchmark
         "encoder_stages": list(DEFAULT_STAGES),
         "encoder_channels": None,
     }

@@ -5,7 +5,7 @@ learned, view-aligned features add.
 PatchCore: the same detector on frozen ImageNet features (`backbone=`), with PatchCore's
 published settings (PatchCoreConfig): the standard baseline of industrial anomaly detection,
 and on real photos far ahead of anything trained from scratch on a few dozen samples
-(DESIGN.md §4)."""
+(docs/design.md §4)."""
 
 from __future__ import annotations
 

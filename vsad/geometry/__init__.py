@@ -1,6 +1,6 @@
 """Geometry between camera views: homography estimation, view graphs, grid scaling, file I/O.
 
-MVAM (DESIGN.md §3.1) looks for the counterpart of a pixel of view i near its projection into
+MVAM (docs/design.md §3.1) looks for the counterpart of a pixel of view i near its projection into
 each neighbour view j, so it needs H[i -> j] for every edge of a view graph. This subpackage
 estimates those homographies from normal training images (SIFT + ratio test + RANSAC + robust
 refinement + guided matching, pooled over many samples), reads user-supplied ones, builds the

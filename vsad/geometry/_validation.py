@@ -18,7 +18,7 @@ def check_homography(matrix, where: str) -> np.ndarray:
     """`matrix` as a (3, 3) float64 array normalised so that H[2, 2] = 1.
 
     Raises ValueError naming `where` when the matrix is not 3x3, not finite, singular, or has
-    H[2, 2] = 0 (then the pixel (0, 0) maps to infinity and the normalisation of DESIGN.md §3.1
+    H[2, 2] = 0 (then the pixel (0, 0) maps to infinity and the normalisation of docs/design.md §3.1
     is impossible).
     """
     try:

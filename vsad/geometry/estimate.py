@@ -15,7 +15,7 @@ Pipeline (the single-pair and the pooled estimators share it):
    raised the inliers from 18 to ~140 and cut the corner error from 3.2 px to ~0.3 px. A guided
    model replaces the previous one only if it has at least as many inliers.
 
-Conventions (DESIGN.md §3.1): x = column, y = row, pixel centres at integer coordinates (also
+Conventions (docs/design.md §3.1): x = column, y = row, pixel centres at integer coordinates (also
 OpenCV's for keypoints, cv2.warpPerspective and cv2.findHomography); H maps source pixel
 coordinates to destination pixel coordinates, [x', y', 1] ~ H @ [x, y, 1], with H[2, 2] = 1.
 """

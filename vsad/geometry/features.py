@@ -5,7 +5,7 @@ SIFT is in OpenCV's main module since 4.4 (the package requires opencv >= 4.8), 
 ORB/AKAZE fallback to maintain: SIFT's scale and rotation invariance and its float descriptors
 give markedly more correct matches under the viewpoint changes of a multi-camera station.
 
-Pixel convention (DESIGN.md §3.1): keypoints are (x, y) = (column, row) with pixel centres at
+Pixel convention (docs/design.md §3.1): keypoints are (x, y) = (column, row) with pixel centres at
 integer coordinates, which is OpenCV's own convention.
 """
 

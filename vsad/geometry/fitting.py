@@ -11,7 +11,7 @@ absolute residual), capped at the RANSAC threshold. Matches far from the consens
 weight and near-misses little, so the fit follows the well-localised majority; with it the same
 settings all gave 0.2-0.7 px.
 
-Conventions (DESIGN.md §3.1): x = column, y = row, pixel centres at integers; H maps source
+Conventions (docs/design.md §3.1): x = column, y = row, pixel centres at integers; H maps source
 pixel coordinates to destination pixel coordinates, [x', y', 1] ~ H @ [x, y, 1], normalised so
 that H[2, 2] = 1. Correspondences are (K, 4) float64 rows (x_src, y_src, x_dst, y_dst).
 """

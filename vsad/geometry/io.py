@@ -1,6 +1,6 @@
 """User-supplied homographies: reading them from JSON or .npy files.
 
-Accepted files (all in pixel coordinates of the views, DESIGN.md §3.1):
+Accepted files (all in pixel coordinates of the views, docs/design.md §3.1):
 
 - JSON, dense:   {"neighbors": [[...], ...], "H": [[[[...]]]]} with H of shape (M, N, 3, 3);
                  what ViewHomographies.to_json writes (extra keys such as "image_size" and

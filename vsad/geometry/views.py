@@ -1,7 +1,8 @@
 """The homographies of one category's camera rig, in the layout the model consumes.
 
 `ViewHomographies.H[i, n]` maps view i pixel coordinates to the pixel coordinates of view
-`neighbors[i, n]` (DESIGN.md §3.1: x = column, y = row, pixel centres at integers, H[2, 2] = 1);
+`neighbors[i, n]` (docs/design.md §3.1: x = column, y = row, pixel centres at integers,
+H[2, 2] = 1);
 empty slots (neighbour -1) hold the identity so the array is always finite. The JSON file
 written by `to_json` is also the dense format accepted by `load_homographies`.
 """

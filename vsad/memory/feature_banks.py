@@ -1,6 +1,6 @@
 """The multi-level memory bank of a multi-view detector: one bank per feature level and per view.
 
-Per-view banks beat one pooled bank on a fixed station (DESIGN.md §4): a camera always sees the
+Per-view banks beat one pooled bank on a fixed station (docs/design.md §4): a camera always sees the
 same part of the object, so its own normal features are the right comparison. Two search modes:
 
 - "local": a query at cell (y, x) of view v is compared with the bank entries of view v within

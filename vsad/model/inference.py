@@ -1,5 +1,5 @@
 """Feature extraction for scoring: DDIM inversion of the clean latents, then one pass through the
-view-aligned UNet that reads the refined features F(l) (paper §3.6, DESIGN.md §4)."""
+view-aligned UNet that reads the refined features F(l) (paper §3.6, docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def extract_features(
     """Inverts clean latents (B, M, C, h, w) with `inversion_steps` DDIM steps up to timestep
     t_end, then returns the refined features of every decoder level at that timestep
     ([(B, M, C_l, H_l, W_l)], t) — deterministic, unlike adding random noise (which measured
-    worse, DESIGN.md §4). inversion_steps=0 reads the features of the clean latents at t=0.
+    worse, docs/design.md §4). inversion_steps=0 reads the features of the clean latents at t=0.
     """
     if latents.dim() != 5:
         raise ValueError(f"latents: got shape {tuple(latents.shape)}, expected (B, M, C, h, w)")

@@ -5,7 +5,7 @@ Two encoders share one interface (`encode(images) -> latents`, `latent_channels`
 - `PixelUnshuffleEncoder` — the embedded default. Each f×f patch of the image becomes 3·f²
   channels of one latent cell: lossless, free, and nothing to train. A KL autoencoder trained
   from scratch on a CPU would cost minutes of the training budget and blur exactly the small
-  defects we look for; the measured start (DESIGN.md §4) used this encoding for that reason.
+  defects we look for; the measured start (docs/design.md §4) used this encoding for that reason.
   Latents are divided by the standard deviation of the training latents (`fit_scaling`), the
   role Stable Diffusion's `scaling_factor` plays for its VAE: the noise schedule assumes data of
   roughly unit variance.

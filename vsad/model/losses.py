@@ -51,7 +51,7 @@ def refine_loss(
     """Eq. 11: mean over levels and neighbour pairs of the squared distance between refined
     features of neighbouring views.
 
-    mode="warped" (default, DESIGN.md §4): F_j is warped into view i by the level's homography
+    mode="warped" (default, docs/design.md §4): F_j is warped into view i by the level's homography
     and compared over the valid overlap only — views of a fixed station see the object from
     different angles, so pixel (u, v) of view i and of view j are different surface points.
     mode="literal": ‖F_i − F_j‖² at the same pixel, as eq. 11 is written.

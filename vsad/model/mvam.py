@@ -1,4 +1,4 @@
-"""Multi-View Alignment Module (paper §3.3, eqs. 1–5; DESIGN.md §3.1)."""
+"""Multi-View Alignment Module (paper §3.3, eqs. 1–5; docs/design.md §3.1)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class MVAM(nn.Module):
     sampled bilinearly by the fused op, plus fixed per-offset terms pos_k = W_k γ(δ) and
     pos_v = W_v γ(δ). The result goes through a zero-initialised output projection and is added
     to the input, so an untrained MVAM is the identity and a pretrained UNet is unchanged at
-    step 0 (DESIGN.md §3.1, a choice beyond eq. 5).
+    step 0 (docs/design.md §3.1, a choice beyond eq. 5).
 
     Input and output: (B, M, C, H, W).
     """

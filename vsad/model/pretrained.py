@@ -2,7 +2,7 @@
 
 Why a pretrained prior: on real photos a frozen EfficientNet-Lite0 (stages 2 + 4, 3×3 average,
 per-view nearest neighbour) beat every model trained from scratch on 40 samples by 0.1–0.2
-S-AUROC (DESIGN.md §4). The paper's own prior, Stable Diffusion 2, is pretrained too.
+S-AUROC (docs/design.md §4). The paper's own prior, Stable Diffusion 2, is pretrained too.
 
 Where the parts come from (DEVELOPERS.md, "Decisions"):
 

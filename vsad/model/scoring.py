@@ -22,7 +22,7 @@ def combine_levels(
     """Σ_l w_l · upsample(d_l): distances are (B, M, h_l, w_l); returns (B, M, H, W) float32.
 
     align_corners=False puts the centre of latent cell x at image coordinate s·x + (s − 1)/2,
-    the same convention the homographies use (DESIGN.md §4).
+    the same convention the homographies use (docs/design.md §4).
     """
     if not distances:
         raise ValueError("distances: got no feature level, expected at least one")

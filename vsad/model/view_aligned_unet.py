@@ -22,7 +22,7 @@ PLACEMENTS = ("block", "resnet")
 def feature_grid_homography(homography: torch.Tensor, stride: float) -> torch.Tensor:
     """Re-expresses a homography between latent grids on a grid `stride` times coarser.
 
-    A feature cell x_f covers latent pixels centred at x = s·x_f + (s − 1)/2 (DESIGN.md §4);
+    A feature cell x_f covers latent pixels centred at x = s·x_f + (s − 1)/2 (docs/design.md §4);
     one implementation of that convention: vsad.geometry.scale_homography.
     """
     from vsad.geometry import scale_homography

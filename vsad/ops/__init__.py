@@ -1,4 +1,4 @@
-"""Fused ops with reference twins. Each op lives in its own module (see DESIGN.md §2)."""
+"""Fused ops with reference twins. Each op lives in its own module (see docs/design.md §2)."""
 
 from vsad.ops.min_l2 import (
     bank_sq_norms,

@@ -1,6 +1,6 @@
 """Memory-bank search: the nearest normal prototype of every query feature (paper eq. 12).
 
-Contract: DESIGN.md §3.2. Backends: ``cpp`` (fused, tiled C++ kernel; the Q×N distance matrix
+Contract: docs/design.md §3.2. Backends: ``cpp`` (fused, tiled C++ kernel; the Q×N distance matrix
 never exists; extra memory ≤ 512 KiB + 4 bytes per query), ``triton`` (CUDA, or CPU tensors
 under ``TRITON_INTERPRET=1``; tiled the same way, ``kernels/min_l2.py``) and ``reference``
 (chunked PyTorch, ``min_l2_reference.py``).
@@ -195,7 +195,7 @@ def min_l2_local(
     bank_sq_norms: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position-conditioned search for aligned views (DESIGN.md §3.2).
+    """Position-conditioned search for aligned views (docs/design.md §3.2).
 
     Args:
         queries: (B, H, W, D) feature maps of one view.

@@ -1,4 +1,4 @@
-"""Plain-PyTorch twin of the memory-bank search (DESIGN.md §3.2): chunked, so memory stays
+"""Plain-PyTorch twin of the memory-bank search (docs/design.md §3.2): chunked, so memory stays
 bounded, and readable. The oracle for the fused kernel."""
 
 from __future__ import annotations

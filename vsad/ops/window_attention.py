@@ -1,6 +1,6 @@
 """MVAM window attention: homography-projected R×R window gather + attention (paper eqs. 1–5).
 
-Contract: DESIGN.md §3.1. Backends: ``cpp`` (fused C++ kernels, CPU), ``triton`` (CUDA, or CPU
+Contract: docs/design.md §3.1. Backends: ``cpp`` (fused C++ kernels, CPU), ``triton`` (CUDA, or CPU
 tensors under ``TRITON_INTERPRET=1``) and ``reference`` (plain PyTorch, in
 ``window_attention_reference.py``). The fused backends run through the torch.library custom ops
 ``vsad::window_attention_forward`` / ``vsad::window_attention_backward``, so they work with

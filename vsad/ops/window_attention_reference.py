@@ -1,4 +1,4 @@
-"""Plain-PyTorch twin of the MVAM window attention (DESIGN.md §3.1): the oracle for the kernels.
+"""Plain-PyTorch twin of the MVAM window attention (docs/design.md §3.1): the kernels' oracle.
 
 Readable and differentiable; it materialises every candidate (B·M·H·W·N·R²·C values), so it is
 memory-hungry by design. The fused kernels must agree with it.

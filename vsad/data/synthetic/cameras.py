@@ -5,7 +5,7 @@ around the origin). Camera 0 looks almost straight at the centre; cameras 1..M-1
 tilted 18-28 degrees, each aimed at the part of the object on its side, so neighbouring views
 overlap by roughly half and a defect is seen by one or several cameras depending on where it is.
 
-Pixel convention (DESIGN.md §3.1): x = column, y = row, pixel centres at integers.
+Pixel convention (docs/design.md §3.1): x = column, y = row, pixel centres at integers.
 """
 
 from __future__ import annotations
