@@ -35,6 +35,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "vsad": vsad.__version__,
         "cpu_isa": info.get("cpu_isa", "n/a"),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
     }
 
 
@@ -81,4 +82,74 @@ def peak_extra_rss_mib(script: str) -> float:
     return kib / 1024
 
 
-__all__ = ["peak_extra_rss_mib"]
+# ---------------------------------------------------------------------------------------------
+# CUDA providers: "triton" and every "<name>-cuda" run on the GPU; they are skipped, with the
+# reason, where there is none (bench/gpu_check.sh runs them: pytest bench -k "triton or cuda").
+
+
+def provider_device(provider: str) -> str:
+    return "cuda" if provider == "triton" or provider.endswith(("-cuda", "-triton")) else "cpu"
+
+
+def unavailable_reason(provider: str) -> str | None:
+    """Why a provider cannot run here (None when it can)."""
+    if provider_device(provider) != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return f"provider {provider!r} runs on CUDA: no CUDA device on this machine"
+    if "triton" in provider:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return f"provider {provider!r} needs the triton package"
+    return None
+
+
+def skip_unless_available(provider: str) -> None:
+    reason = unavailable_reason(provider)
+    if reason:
+        pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skips unavailable providers at collection, before any fixture (GEMM yardstick, inputs)
+    runs for them."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        provider = callspec.params.get("provider") if callspec is not None else None
+        reason = unavailable_reason(provider) if isinstance(provider, str) else None
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def synchronized(fn):
+    """fn followed by a CUDA synchronize, so that a benchmark times the kernels, not launches."""
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def cuda_peak_extra_mib(fn) -> float:
+    """How far allocated CUDA memory rose above its level before the call, while fn ran (MiB)."""
+    fn()  # warm-up: compiled kernels and the caching allocator's first blocks
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    del out
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+__all__ = [
+    "cuda_peak_extra_mib",
+    "peak_extra_rss_mib",
+    "provider_device",
+    "skip_unless_available",
+    "unavailable_reason",
+    "synchronized",
+]

@@ -1,4 +1,5 @@
-"""Throughput of the memory-bank search: cpp vs reference vs torch.cdist+min vs faiss IndexFlatL2.
+"""Throughput of the memory-bank search: cpp vs reference vs torch.cdist+min vs faiss IndexFlatL2
+on the CPU; triton vs torch.cdist+min on CUDA (skipped without a GPU; bench/gpu_check.sh).
 
 Run: pytest bench/test_memory_bank.py --benchmark-json=mb.json; python bench/report.py mb.json
 """
@@ -9,7 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import peak_extra_rss_mib
+from conftest import (
+    cuda_peak_extra_mib,
+    peak_extra_rss_mib,
+    provider_device,
+    skip_unless_available,
+    synchronized,
+)
 
 from vsad.ops import bank_sq_norms, min_l2
 
@@ -18,7 +25,9 @@ SHAPES = {
     "Q16384-N100000-D640": (16384, 100000, 640),
     "Q4096-N100000-D1280": (4096, 100000, 1280),
 }
-PROVIDERS = ("faiss", "cpp-fp32", "cpp-mixed", "reference", "cdist")
+# CPU providers (baseline faiss) and CUDA providers (baseline cdist-cuda, the issue's yardstick:
+# triton >= 0.8x torch.cdist+min at Q16384-N100000-D640, with less memory).
+PROVIDERS = ("faiss", "cpp-fp32", "cpp-mixed", "reference", "cdist", "triton", "cdist-cuda")
 
 
 def make_inputs(Q, N, D):
@@ -36,6 +45,16 @@ def make_runner(provider, queries, bank):
         return lambda: min_l2(queries, bank, bank_sq_norms=norms, backend="cpp", precision="mixed")
     if provider == "reference":
         return lambda: min_l2(queries, bank, backend="reference")
+    if provider == "triton":
+        norms = bank_sq_norms(bank, backend="triton")
+        return synchronized(lambda: min_l2(queries, bank, bank_sq_norms=norms, backend="triton"))
+    if provider == "cdist-cuda":
+
+        def cdist_min_cuda():
+            value, index = torch.cdist(queries, bank).min(dim=1)
+            return value, index
+
+        return synchronized(cdist_min_cuda)
     if provider == "cdist":
 
         def cdist_min():
@@ -63,33 +82,41 @@ def make_runner(provider, queries, bank):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_min_l2(benchmark, machine, fp32_gemm_gflops, shape, provider):
     Q, N, D = SHAPES[shape]
+    skip_unless_available(provider)
     if provider == "cdist" and Q * N > 4096 * 50000:
         pytest.skip(
             "torch.cdist materialises Q×N distances: 6.4 GB at this size (the issue's point)"
         )
-    queries, bank = make_inputs(Q, N, D)
+    device = provider_device(provider)
+    cpu_queries, cpu_bank = make_inputs(Q, N, D)
+    queries, bank = cpu_queries.to(device), cpu_bank.to(device)
     run = make_runner(provider, queries, bank)
     # Correctness first, against the exact fp32 kernel on a subset of queries.
-    dist, index = run()
-    want_dist, want_index = min_l2(queries[:256], bank, backend="cpp")
+    dist, index = (t.cpu() for t in run())
+    want_dist, want_index = min_l2(cpu_queries[:256], cpu_bank, backend="cpp")
     if provider == "cpp-mixed":  # identical, not just close
         assert torch.equal(dist[:256], want_dist) and torch.equal(index[:256], want_index)
     torch.testing.assert_close(dist[:256], want_dist, atol=1e-2, rtol=1e-3)
     assert (index[:256] == want_index).float().mean() > 0.99
 
-    benchmark.group = f"min_l2 {shape}"
-    benchmark.pedantic(run, rounds=3 if Q * N > 4096 * 50000 else 5, warmup_rounds=0, iterations=1)
+    cuda = device == "cuda"
+    benchmark.group = f"min_l2 {shape}" + (" cuda" if cuda else "")
+    rounds = 10 if cuda else 3 if Q * N > 4096 * 50000 else 5
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=1 if cuda else 0, iterations=1)
     flops = 2.0 * Q * N * D
-    peak = peak_extra_rss_mib(
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_memory_bank import make_inputs, make_runner\n"
-        f"queries, bank = make_inputs({Q}, {N}, {D})\n"
-        f"measured = make_runner({provider!r}, queries, bank)\n"
-    )
+    if cuda:
+        peak = cuda_peak_extra_mib(run)
+    else:
+        peak = peak_extra_rss_mib(
+            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from test_memory_bank import make_inputs, make_runner\n"
+            f"queries, bank = make_inputs({Q}, {N}, {D})\n"
+            f"measured = make_runner({provider!r}, queries, bank)\n"
+        )
     benchmark.extra_info.update(
         machine,
         provider=provider,
-        baseline="faiss",
+        baseline="cdist-cuda" if cuda else "faiss",
         gflops_per_s=flops / benchmark.stats.stats.median / 1e9,
         fp32_gemm_gflops_per_s=fp32_gemm_gflops,
         peak_extra_mib=peak,
@@ -108,13 +135,17 @@ def make_local_inputs():
     return torch.randn(V, 1, H, W, D, generator=g), torch.randn(V, S, H, W, D, generator=g)
 
 
-@pytest.mark.parametrize("provider", ["global-cpp", "local-cpp"])
+@pytest.mark.parametrize("provider", ["global-cpp", "local-cpp", "global-triton", "local-triton"])
 def test_local_vs_global(benchmark, machine, provider):
     from vsad.ops import min_l2_local
 
+    triton_provider = provider.endswith("-triton")
+    skip_unless_available(provider)
     queries, bank = make_local_inputs()  # (V, 1, H, W, D), (V, S, H, W, D)
+    if triton_provider:
+        queries, bank = queries.cuda(), bank.cuda()
     V, D = LOCAL["V"], LOCAL["D"]
-    if provider == "global-cpp":
+    if provider.startswith("global"):
         flat_bank = bank.reshape(-1, D)
         norms = bank_sq_norms(flat_bank)
 
@@ -131,13 +162,18 @@ def test_local_vs_global(benchmark, machine, provider):
             ]
             return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
 
+    if triton_provider:
+        run = synchronized(run)
     dist, _ = run()
-    if provider == "local-cpp":  # check one view against the reference twin
+    if provider.startswith("local"):  # check one view against the reference twin
         from vsad.ops import min_l2_local_reference
 
         want, _ = min_l2_local_reference(queries[0], bank[0], radius=LOCAL["radius"])
         torch.testing.assert_close(dist[0] ** 2, want**2, atol=1e-2, rtol=1e-4)
     benchmark.group = "min_l2 local (ρ=2, own view) vs global, 100 samples × 5 views × 32×32, D=640"
+    if triton_provider:
+        benchmark.group += " cuda"
     rounds = 2 if provider == "global-cpp" else 5
-    benchmark.pedantic(run, rounds=rounds, warmup_rounds=0, iterations=1)
-    benchmark.extra_info.update(machine, provider=provider, baseline="global-cpp")
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=1 if triton_provider else 0, iterations=1)
+    baseline = "global-triton" if triton_provider else "global-cpp"
+    benchmark.extra_info.update(machine, provider=provider, baseline=baseline)

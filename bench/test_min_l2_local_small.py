@@ -1,4 +1,5 @@
-"""Throughput of the position-local bank search at the shapes the model uses: cpp vs reference.
+"""Throughput of the position-local bank search at the shapes the model uses: cpp vs reference on
+the CPU, triton vs reference on CUDA (skipped without a GPU; bench/gpu_check.sh).
 
 One view per call: queries (B, 32, 32, D), bank (S=40, 32, 32, D) float32, ρ=2. GFLOP/s counts
 2·D per (query, bank row) pair the window allows (border windows are smaller), not padding.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import provider_device, skip_unless_available, synchronized
 
 from vsad.ops import bank_sq_norms, min_l2_local, min_l2_local_reference
 
@@ -21,7 +23,7 @@ SHAPES = {
     "B1-D64": (1, 64),
     "B4-D64": (4, 64),
 }
-PROVIDERS = ("reference", "cpp")
+PROVIDERS = ("reference", "cpp", "reference-cuda", "triton")
 
 
 def make_inputs(B, D):
@@ -41,12 +43,19 @@ def window_pairs(B) -> int:
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_min_l2_local_small(benchmark, machine, fp32_gemm_gflops, shape, provider):
+    skip_unless_available(provider)
     B, D = SHAPES[shape]
-    queries, bank = make_inputs(B, D)
+    device = provider_device(provider)
+    cuda = device == "cuda"
+    queries, bank = (t.to(device) for t in make_inputs(B, D))
     norms = bank_sq_norms(bank.reshape(-1, D))
+    backend = provider.removesuffix("-cuda")
 
     def run():
-        return min_l2_local(queries, bank, radius=RADIUS, bank_sq_norms=norms, backend=provider)
+        return min_l2_local(queries, bank, radius=RADIUS, bank_sq_norms=norms, backend=backend)
+
+    if cuda:
+        run = synchronized(run)
 
     # Correctness first: squared distances (their float32 error is absolute) and indices.
     dist, index = run()
@@ -54,13 +63,13 @@ def test_min_l2_local_small(benchmark, machine, fp32_gemm_gflops, shape, provide
     torch.testing.assert_close(dist**2, want_dist**2, atol=1e-3, rtol=1e-5)
     assert (index == want_index).float().mean() > 0.99
 
-    benchmark.group = f"min_l2_local S{S}-{H}x{W}-ρ{RADIUS} {shape}"
+    benchmark.group = f"min_l2_local S{S}-{H}x{W}-ρ{RADIUS} {shape}" + (" cuda" if cuda else "")
     rounds = 20 if provider == "reference" else 200
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=3, iterations=1)
     benchmark.extra_info.update(
         machine,
         provider=provider,
-        baseline="reference",
+        baseline="reference-cuda" if cuda else "reference",
         gflops_per_s=2.0 * D * window_pairs(B) / benchmark.stats.stats.median / 1e9,
         fp32_gemm_gflops_per_s=fp32_gemm_gflops,
     )

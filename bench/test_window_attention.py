@@ -1,4 +1,5 @@
-"""Throughput of the MVAM window attention: reference vs cpp, forward and forward+backward.
+"""Throughput of the MVAM window attention: reference vs cpp on the CPU, reference vs triton on
+CUDA (skipped without a GPU; bench/gpu_check.sh), forward and forward+backward.
 
 Run: pytest bench/test_window_attention.py --benchmark-json=bench-wa.json
 then python bench/report.py bench-wa.json for the BENCHMARKS.md table.
@@ -10,7 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import peak_extra_rss_mib
+from conftest import (
+    cuda_peak_extra_mib,
+    peak_extra_rss_mib,
+    provider_device,
+    skip_unless_available,
+    synchronized,
+)
 
 from vsad.ops import window_attention
 
@@ -25,22 +32,28 @@ SHAPES = {
     "model-C64h2-32x32": {"C": 64, "H": 32, "W": 32, "heads": 2},
     "model-C32h1-32x32": {"C": 32, "H": 32, "W": 32, "heads": 1},
 }
-PROVIDERS = ("reference", "cpp")
+# "<backend>-cuda" / "triton" run on the GPU (baseline: the reference on the same GPU; the
+# issue's target is triton >= 10x it at C320-32x32 forward+backward).
+PROVIDERS = ("reference", "cpp", "reference-cuda", "triton")
 MODES = ("forward", "forward+backward")
 B, M, N, R = 1, 5, 2, 3
 
 
-def make_inputs(C, H, W):
+def make_inputs(C, H, W, device="cpu"):
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(B, M, H, W, C, generator=g, requires_grad=True) for _ in range(3))
-    pos_k, pos_v = (torch.randn(N, R * R, C, generator=g, requires_grad=True) for _ in range(2))
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g).to(device).requires_grad_(True)
+
+    q, k, v = (leaf(B, M, H, W, C) for _ in range(3))
+    pos_k, pos_v = (leaf(N, R * R, C) for _ in range(2))
     # A plausible camera ring: shift, slight scale and perspective between neighbours.
     hom = torch.eye(3, dtype=torch.float64).repeat(M, N, 1, 1)
     hom[..., 0, 2] = torch.tensor([2.5, -2.5]).repeat(M, 1)
     hom[..., 0, 0] = 0.97
     hom[..., 2, 0] = 1e-3
     nbr = torch.tensor([[(i + 1) % M, (i - 1) % M] for i in range(M)])
-    return (q, k, v, pos_k, pos_v, hom, nbr)
+    return (q, k, v, pos_k, pos_v, hom.to(device), nbr.to(device))
 
 
 def attention_flops(C, H, W) -> float:
@@ -49,7 +62,7 @@ def attention_flops(C, H, W) -> float:
 
 
 def run_provider(inputs, heads, provider, backward):
-    out = window_attention(*inputs, window=R, heads=heads, backend=provider)
+    out = window_attention(*inputs, window=R, heads=heads, backend=provider.removesuffix("-cuda"))
     if backward:
         return out, torch.autograd.grad(out, inputs[:5], torch.ones_like(out))
     return out, None
@@ -59,24 +72,32 @@ _REFERENCE_CACHE: dict = {}
 
 
 def reference_result(shape, inputs, heads):
-    if shape not in _REFERENCE_CACHE:
+    """The reference's output and gradients on the inputs' device (cached per shape, device)."""
+    key = (shape, inputs[0].device.type)
+    if key not in _REFERENCE_CACHE:
         out = window_attention(*inputs, window=R, heads=heads, backend="reference")
         grads = torch.autograd.grad(out, inputs[:5], torch.ones_like(out))
-        _REFERENCE_CACHE[shape] = (out.detach(), grads)
-    return _REFERENCE_CACHE[shape]
+        _REFERENCE_CACHE[key] = (out.detach(), grads)
+    return _REFERENCE_CACHE[key]
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_window_attention(benchmark, machine, fp32_gemm_gflops, shape, provider, mode):
+    skip_unless_available(provider)
     dims = dict(SHAPES[shape])
     heads = dims.pop("heads", max(dims["C"] // 64, 1))
-    inputs = make_inputs(**dims)
+    device = provider_device(provider)
+    inputs = make_inputs(**dims, device=device)
     backward = mode == "forward+backward"
+    cuda = device == "cuda"
 
     def run():
         return run_provider(inputs, heads, provider, backward)
+
+    if cuda:
+        run = synchronized(run)
 
     # Correctness first: every provider must agree with the reference before it is timed.
     out, grads = run()
@@ -86,23 +107,26 @@ def test_window_attention(benchmark, machine, fp32_gemm_gflops, shape, provider,
         for g, w in zip(grads, want_grads, strict=True):
             torch.testing.assert_close(g, w, atol=1e-3, rtol=1e-3)
 
-    benchmark.group = f"window_attention {shape} {mode}"
+    benchmark.group = f"window_attention {shape} {mode}" + (" cuda" if cuda else "")
     rounds = 3 if provider == "reference" else 20
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=1, iterations=1)
 
     flops = attention_flops(**dims) * (3 if backward else 1)  # backward ≈ 2× forward's dots
     median = benchmark.stats.stats.median
-    # Peak memory in a fresh process: the high-water mark is per process and never goes down.
-    peak = peak_extra_rss_mib(
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_window_attention import make_inputs, run_provider\n"
-        f"inputs = make_inputs(**{dims!r})\n"
-        f"measured = lambda: run_provider(inputs, {heads}, {provider!r}, {backward})\n"
-    )
+    if cuda:
+        peak = cuda_peak_extra_mib(run)
+    else:
+        # Peak memory in a fresh process: the high-water mark is per process and never drops.
+        peak = peak_extra_rss_mib(
+            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from test_window_attention import make_inputs, run_provider\n"
+            f"inputs = make_inputs(**{dims!r})\n"
+            f"measured = lambda: run_provider(inputs, {heads}, {provider!r}, {backward})\n"
+        )
     benchmark.extra_info.update(
         machine,
         provider=provider,
-        baseline="reference",
+        baseline="reference-cuda" if cuda else "reference",
         attention_gflop=flops / 1e9,
         attention_gflops_per_s=flops / median / 1e9,
         fp32_gemm_gflops_per_s=fp32_gemm_gflops,

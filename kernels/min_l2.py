@@ -1,4 +1,5 @@
-"""Triton kernels of the memory-bank search (docs/design.md §3.2): min_l2 and the bank's ‖b‖².
+"""Triton kernels of the global memory-bank search (docs/design.md §3.2): min_l2 (split over the
+bank, then merged); bank_sq_norms is kernels/bank_sq_norms.py, re-exported here.
 
 Called by ``vsad/ops/min_l2.py`` for backend "triton"; the semantics are those of the reference
 twin ``vsad/ops/min_l2_reference.py`` and the C++ kernel ``csrc/kernels/min_l2.cpp``:
@@ -10,17 +11,26 @@ twin ``vsad/ops/min_l2_reference.py`` and the C++ kernel ``csrc/kernels/min_l2.c
 query, so it cannot move the argmin in exact arithmetic, and leaving it out of the scores keeps
 the rounding of the compared values (hence the tie decisions) the same as the other backends'.
 
-Layout of the work: one program per block of BLOCK_Q queries. It streams over the bank in tiles
-of BLOCK_N rows; a tile's dot products are a BLOCK_Q × BLOCK_N float32 accumulator filled by
-tl.dot over BLOCK_D-wide chunks of the feature dimension (masked and zero-filled where D is not a
+Layout of the work: a 2-D grid of (query block, bank split) programs. The bank's BLOCK_N-row
+tiles are cut into `splits` contiguous runs; the program (i, s) streams run s for BLOCK_Q
+queries. A tile's dot products are a BLOCK_Q × BLOCK_N float32 accumulator filled by tl.dot
+over BLOCK_D-wide chunks of the feature dimension (masked and zero-filled where D is not a
 multiple of BLOCK_D; zeros add nothing to a dot product). A running (min, argmin) per query is
-carried from tile to tile, so the Q × N distance matrix never exists: the extra memory is that
-one tile per program.
+carried from tile to tile and written to a (splits, Q) scratch of float32 scores and int32
+rows; a second kernel merges the splits in increasing order and writes dist and index. So the
+Q × N distance matrix never exists: the extra memory is one tile per program plus 8·splits
+bytes per query.
+
+Why the split: a per-view search has Q ≈ 1–4k queries, i.e. 16–64 query blocks, fewer than one
+wave of programs on a GPU with ~100+ multiprocessors. `splits` is chosen so that the grid holds
+about four programs per multiprocessor (each split keeping at least 4 tiles); the scratch and the
+merge cost 8·splits bytes and a few loads per query.
 
 Ties, lowest index first: inside a tile the lowest column attaining the tile's minimum is taken
 (a min over the column indices of the minima, which does not depend on any argmin tie rule);
 across tiles, visited in increasing order, a later tile replaces the running minimum only when
-strictly smaller.
+strictly smaller; the merge visits the splits (increasing row ranges) in order with the same
+strict rule. So the result is the lowest index attaining the minimum whatever the split count.
 
 Precision:
 - tl.dot on float32 operands defaults to TF32 on Ampere and later GPUs (a 10-bit mantissa). That
@@ -40,20 +50,25 @@ tests check the precision the kernel requests instead.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
+from vsad.kernels._common import (
+    MAX_ROWS,
+    check_blocks,
+    check_output,
+    check_tensor_meta,
+    device_guard,
+    multiprocessor_count,
+)
+from vsad.kernels.bank_sq_norms import BANK_DTYPES, _row_sq_norms, bank_sq_norms
 
 __all__ = ["bank_sq_norms", "min_l2"]
 
-BANK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-#: Whether @triton.jit made interpreted functions (decided once, when this module was imported).
-_INTERPRETED = bool(triton.knobs.runtime.interpret)
-
-_MAX_ROWS = 2**31 - 1  # indices are carried as int32 inside the kernel
+#: Tiles a split keeps at least (fewer would make the merge a noticeable share of the work).
+MIN_TILES_PER_SPLIT = 4
+#: Programs per multiprocessor the default split aims at.
+PROGRAMS_PER_SM = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,37 +76,20 @@ _MAX_ROWS = 2**31 - 1  # indices are carried as int32 inside the kernel
 
 
 @triton.jit
-def _row_sq_norms(ptr, rows, row_mask, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Σ_d x[row, d]² in float32 for a block of BLOCK_R rows of a row-major (·, D) matrix."""
-    acc = tl.zeros([BLOCK_R], tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dd = d0 + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (dd < D)[None, :]
-        x = tl.load(ptr + rows[:, None] * D + dd[None, :], mask=mask, other=0.0).to(tl.float32)
-        acc += tl.sum(x * x, axis=1)
-    return acc
-
-
-@triton.jit
-def _sq_norms_kernel(b_ptr, out_ptr, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    norms = _row_sq_norms(b_ptr, rows, row_mask, D, BLOCK_N, BLOCK_D)
-    tl.store(out_ptr + rows, norms, mask=row_mask)
-
-
-@triton.jit
-def _min_l2_kernel(
-    q_ptr, b_ptr, norms_ptr, dist_ptr, index_ptr, Q, N, D,
+def _min_l2_partial_kernel(
+    q_ptr, b_ptr, norms_ptr, part_val_ptr, part_idx_ptr, Q, N, D, tiles_per_split,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_mask = rows < Q
+    split = tl.program_id(1)
+    n_begin = split * tiles_per_split * BLOCK_N
+    n_end = tl.minimum(N, n_begin + tiles_per_split * BLOCK_N)
     best = tl.full([BLOCK_Q], float("inf"), tl.float32)  # running min of ‖b‖² − 2⟨q, b⟩
-    best_idx = tl.zeros([BLOCK_Q], tl.int32)
-    for n0 in range(0, N, BLOCK_N):
+    best_idx = tl.zeros([BLOCK_Q], tl.int32) + n_begin
+    for n0 in range(n_begin, n_end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < N
+        col_mask = cols < n_end
         dots = tl.zeros([BLOCK_Q, BLOCK_N], tl.float32)
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
@@ -116,6 +114,27 @@ def _min_l2_kernel(
         better = tile_min < best  # strict: an earlier tile keeps a tie
         best = tl.where(better, tile_min, best)
         best_idx = tl.where(better, tile_idx, best_idx)
+    part = split.to(tl.int64) * Q + rows
+    tl.store(part_val_ptr + part, best, mask=row_mask)
+    tl.store(part_idx_ptr + part, best_idx, mask=row_mask)
+
+
+@triton.jit
+def _min_l2_merge_kernel(
+    q_ptr, part_val_ptr, part_idx_ptr, dist_ptr, index_ptr, Q, D, splits,
+    BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_mask = rows < Q
+    best = tl.load(part_val_ptr + rows, mask=row_mask, other=0.0)
+    best_idx = tl.load(part_idx_ptr + rows, mask=row_mask, other=0)
+    for s in range(1, splits):
+        part = s * Q + rows
+        value = tl.load(part_val_ptr + part, mask=row_mask, other=0.0)
+        idx = tl.load(part_idx_ptr + part, mask=row_mask, other=0)
+        better = value < best  # strict: an earlier split (lower rows) keeps a tie
+        best = tl.where(better, value, best)
+        best_idx = tl.where(better, idx, best_idx)
     q_norms = _row_sq_norms(q_ptr, rows, row_mask, D, BLOCK_Q, BLOCK_D)
     dist = tl.sqrt_rn(tl.maximum(q_norms + best, 0.0))
     tl.store(dist_ptr + rows, dist, mask=row_mask)
@@ -126,21 +145,6 @@ def _min_l2_kernel(
 # Host side
 
 
-def bank_sq_norms(bank: torch.Tensor, out: torch.Tensor, *, blocks=None) -> None:
-    """Writes out (N,) float32 = ‖b‖² of every bank row, with min_l2's arithmetic.
-
-    blocks: optional (BLOCK_N, BLOCK_D) powers of two >= 16 (tests use it to cross tile edges).
-    """
-    N, D = _check_bank(bank)
-    _check_output("out", out, (N,), torch.float32, bank.device)
-    block_n, block_d = blocks if blocks is not None else _blocks(D, bank.device)[1:]
-    _check_blocks(block_n=block_n, block_d=block_d)
-    with _device_guard(bank.device):
-        _sq_norms_kernel[(triton.cdiv(N, block_n),)](
-            bank, out, N, D, BLOCK_N=block_n, BLOCK_D=block_d
-        )
-
-
 def min_l2(
     queries: torch.Tensor,
     bank: torch.Tensor,
@@ -149,6 +153,7 @@ def min_l2(
     index: torch.Tensor,
     *,
     blocks: tuple[int, int, int] | None = None,
+    splits: int | None = None,
 ) -> None:
     """Writes dist (Q,) float32 and index (Q,) int64 of the nearest bank row of every query.
 
@@ -158,26 +163,59 @@ def min_l2(
         norms: (N,) float32 ‖b‖² (from :func:`bank_sq_norms`, or the caller's).
         blocks: optional (BLOCK_Q, BLOCK_N, BLOCK_D), powers of two >= 16 (tl.dot's minimum);
             default by device.
+        splits: optional number of contiguous bank ranges searched by separate programs (at
+            most the number of bank tiles); default by device (:func:`default_splits`).
 
     Values are not checked here (no data reads): vsad.ops.min_l2 validates them first.
     """
-    N, D = _check_bank(bank)
-    _check_matrix_meta("queries", queries, (torch.float32,), bank.device)
+    check_tensor_meta("bank", bank, 2, BANK_DTYPES, None, "2-D (N, D) with rows and columns")
+    N, D = bank.shape
+    check_tensor_meta(
+        "queries", queries, 2, (torch.float32,), bank.device, "2-D (Q, D) with rows and columns"
+    )
     Q = queries.shape[0]
     if queries.shape[1] != D:
         raise ValueError(
             f"queries: got shape {tuple(queries.shape)}, expected D={D} columns like the bank"
         )
-    _check_output("norms", norms, (N,), torch.float32, bank.device)
-    _check_output("dist", dist, (Q,), torch.float32, bank.device)
-    _check_output("index", index, (Q,), torch.int64, bank.device)
+    check_output("norms", norms, (N,), torch.float32, bank.device)
+    check_output("dist", dist, (Q,), torch.float32, bank.device)
+    check_output("index", index, (Q,), torch.int64, bank.device)
     block_q, block_n, block_d = blocks if blocks is not None else _blocks(D, bank.device)
-    _check_blocks(block_q=block_q, block_n=block_n, block_d=block_d)
-    with _device_guard(bank.device):
-        _min_l2_kernel[(triton.cdiv(Q, block_q),)](
-            queries, bank, norms, dist, index, Q, N, D,
+    check_blocks(block_q=block_q, block_n=block_n, block_d=block_d)
+    n_tiles = triton.cdiv(N, block_n)
+    q_blocks = triton.cdiv(Q, block_q)
+    if splits is None:
+        splits = default_splits(q_blocks, n_tiles, bank.device)
+    elif not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
+        raise ValueError(f"splits: got {splits!r}, expected an integer >= 1")
+    tiles_per_split = triton.cdiv(n_tiles, min(splits, n_tiles))
+    splits = triton.cdiv(n_tiles, tiles_per_split)  # no empty split
+    if splits * Q > MAX_ROWS:  # the merge indexes the scratch with int32 split offsets
+        tiles_per_split = triton.cdiv(n_tiles, max(1, MAX_ROWS // Q))
+        splits = triton.cdiv(n_tiles, tiles_per_split)
+    part_val = torch.empty((splits, Q), dtype=torch.float32, device=bank.device)
+    part_idx = torch.empty((splits, Q), dtype=torch.int32, device=bank.device)
+    with device_guard(bank.device):
+        _min_l2_partial_kernel[(q_blocks, splits)](
+            queries, bank, norms, part_val, part_idx, Q, N, D, tiles_per_split,
             BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
         )  # fmt: skip
+        _min_l2_merge_kernel[(q_blocks,)](
+            queries, part_val, part_idx, dist, index, Q, D, splits,
+            BLOCK_Q=block_q, BLOCK_D=block_d,
+        )  # fmt: skip
+
+
+def default_splits(q_blocks: int, n_tiles: int, device: torch.device) -> int:
+    """Bank splits for a grid of about PROGRAMS_PER_SM programs per multiprocessor, each split
+    keeping at least MIN_TILES_PER_SPLIT tiles. Under the interpreter (tests): 2, so that the
+    default path crosses a split boundary too."""
+    if device.type == "cpu":
+        return min(2, n_tiles)
+    target = PROGRAMS_PER_SM * multiprocessor_count(device)
+    wanted = triton.cdiv(target, q_blocks)
+    return max(1, min(wanted, n_tiles // MIN_TILES_PER_SPLIT))
 
 
 def _blocks(D: int, device: torch.device) -> tuple[int, int, int]:
@@ -188,67 +226,3 @@ def _blocks(D: int, device: torch.device) -> tuple[int, int, int]:
     if device.type == "cpu":
         return 16, 16, 16
     return 64, 64, 32 if D >= 32 else 16
-
-
-@contextlib.contextmanager
-def _device_guard(device: torch.device):
-    """Triton launches on the current CUDA device: make it the tensors' one."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            yield
-    else:
-        yield
-
-
-# ---------------------------------------------------------------------------------------------
-# Metadata checks (no data reads) naming the offending argument; they guard direct callers.
-
-
-def _check_device(name: str, t: torch.Tensor) -> None:
-    if t.device.type == "cpu" and not _INTERPRETED:
-        raise ValueError(
-            f"{name}: on cpu, but the triton backend runs on CUDA tensors (CPU tensors only "
-            f"under TRITON_INTERPRET=1, set before vsad.kernels.min_l2 is first imported)"
-        )
-    if t.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{name}: on {t.device}, expected a CUDA tensor")
-
-
-def _check_matrix_meta(name: str, t, dtypes: tuple, device: torch.device | None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: got {type(t).__name__}, expected a torch.Tensor")
-    if t.dim() != 2 or t.shape[0] < 1 or t.shape[1] < 1:
-        raise ValueError(f"{name}: got shape {tuple(t.shape)}, expected 2-D with rows and columns")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{name}: got dtype {t.dtype}, expected one of {list(dtypes)}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name}: on {t.device}, expected the bank's device {device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name}: got a non-contiguous tensor, expected a contiguous one")
-    if t.shape[0] > _MAX_ROWS:
-        raise ValueError(f"{name}: got {t.shape[0]} rows, expected at most {_MAX_ROWS}")
-    _check_device(name, t)
-
-
-def _check_bank(bank) -> tuple[int, int]:
-    _check_matrix_meta("bank", bank, BANK_DTYPES, None)
-    return bank.shape[0], bank.shape[1]
-
-
-def _check_output(name: str, t, shape: tuple, dtype: torch.dtype, device: torch.device) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: got {type(t).__name__}, expected a torch.Tensor")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name}: got shape {tuple(t.shape)}, expected {shape}")
-    if t.dtype != dtype:
-        raise TypeError(f"{name}: got dtype {t.dtype}, expected {dtype}")
-    if t.device != device:
-        raise ValueError(f"{name}: on {t.device}, expected the bank's device {device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name}: got a non-contiguous tensor, expected a contiguous one")
-
-
-def _check_blocks(**blocks: int) -> None:
-    for name, size in blocks.items():
-        if not isinstance(size, int) or size < 16 or size & (size - 1):
-            raise ValueError(f"blocks: {name} got {size!r}, expected a power of two >= 16")

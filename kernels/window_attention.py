@@ -19,6 +19,14 @@ Backward recomputes the logits from q, k and the saved log-sum-exp (no attention
 stored). k and v gradients are scattered to the bilinear corners with atomics; pos_k / pos_v
 gradients are first reduced over the program's pixels, then added with one atomic per candidate.
 
+Why atomics, not a deterministic scatter: which query pixels touch a given K/V pixel depends on
+the homographies, so gathering per K/V pixel would need an inverse map (or a sort of
+(pixel, contribution) records), and per-program private copies of dk/dv would cost
+programs × B·M·H·W·C floats. The consequence is that dk, dv, dpos_k, dpos_v may differ in their
+last bits from run to run (float32 addition order); out, lse and dq are written once and are
+bitwise reproducible. tests/test_cuda_tier.py bounds that spread at the issue's C=320, 32² shape
+and checks out/dq bitwise (docs/design.md §3.1).
+
 The scale and the projective-depth threshold travel in a small float64 tensor: Triton passes
 Python floats as float32 scalars, which would cost float64 runs their precision.
 
@@ -31,6 +39,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from vsad.kernels._common import device_guard
 
 from vsad.ops.window_attention_reference import MIN_PROJECTIVE_W
 
@@ -308,11 +317,12 @@ def forward(q, k, v, pos_k, pos_v, hom, nbr, out, lse, window, heads, scale):
     consts = _constants(scale, q.device)
     block_p, block_d = _blocks(dims["d"], q.device)
     grid = (triton.cdiv(dims["num_pixels"], block_p), heads)
-    _forward_kernel[grid](
-        q, k, v, pos_k, pos_v, hom, nbr, out, lse, consts,
-        *_dim_args(dims, window, heads),
-        BLOCK_P=block_p, BLOCK_D=block_d,
-    )  # fmt: skip
+    with device_guard(q.device):
+        _forward_kernel[grid](
+            q, k, v, pos_k, pos_v, hom, nbr, out, lse, consts,
+            *_dim_args(dims, window, heads),
+            BLOCK_P=block_p, BLOCK_D=block_d,
+        )  # fmt: skip
 
 
 def backward(
@@ -333,12 +343,13 @@ def backward(
     consts = _constants(scale, q.device)
     block_p, block_d = _blocks(dims["d"], q.device)
     grid = (triton.cdiv(dims["num_pixels"], block_p), heads)
-    _backward_kernel[grid](
-        q, k, v, pos_k, pos_v, hom, nbr, out, lse, grad_out,
-        grad_q, grad_k, grad_v, grad_pos_k, grad_pos_v, consts,
-        *_dim_args(dims, window, heads),
-        BLOCK_P=block_p, BLOCK_D=block_d,
-    )  # fmt: skip
+    with device_guard(q.device):
+        _backward_kernel[grid](
+            q, k, v, pos_k, pos_v, hom, nbr, out, lse, grad_out,
+            grad_q, grad_k, grad_v, grad_pos_k, grad_pos_v, consts,
+            *_dim_args(dims, window, heads),
+            BLOCK_P=block_p, BLOCK_D=block_d,
+        )  # fmt: skip
 
 
 def _constants(scale: float, device) -> torch.Tensor:

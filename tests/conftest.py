@@ -35,3 +35,10 @@ def fresh_seed() -> int:
     """A fresh random seed, or VSAD_TEST_SEED to replay the seed a failing test printed."""
     replay = os.environ.get("VSAD_TEST_SEED")
     return int(replay) if replay else int.from_bytes(os.urandom(4), "little") >> 1
+
+
+def pytest_configure(config):
+    """The `cuda` marker (tests that need a CUDA GPU; `pytest -m cuda`), unless pyproject.toml
+    registers it already."""
+    if not any(line.split(":")[0].strip() == "cuda" for line in config.getini("markers")):
+        config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")

@@ -5,7 +5,8 @@ before the kernel module is imported. So this file runs itself as a script in a 
 that variable set (``python test_min_l2_triton.py --seed S --out FILE``): the script runs every
 case below once, with poisoned outputs, and saves inputs and outputs with torch.save; the tests
 then check them one by one. The interpreter is ~1000x slower than a GPU, hence the tiny sizes;
-the interpreter-only block size of 16 (kernels/min_l2.py) makes them cross tile boundaries.
+the interpreter-only block size of 16 (kernels/min_l2.py) makes them cross tile boundaries, and
+the interpreter's default of 2 bank splits makes the default path cross a split boundary.
 
 A second run of the script (``--compile-for-gpu``, without the interpreter) compiles the kernels
 ahead of time for sm_80 / sm_90, which needs ptxas but no GPU, and checks the generated code.
@@ -49,10 +50,30 @@ for _dtype in ("float32", "bfloat16"):
     CASES[f"random_Q37_N53_D19_{_dtype}_wide_feature_chunk"] = {
         "kind": "random", "Q": 37, "N": 53, "D": 19, "dtype": _dtype, "blocks": (16, 16, 32),
     }  # fmt: skip
+    # Bank splits (4 tiles of 16 rows): none, 3 (tiles 2 + 2: the count is lowered so that no
+    # split is empty), one per tile, more than tiles; GPU tiles over 4 tiles of 64 rows.
+    for _splits in (1, 3, 4, 100):
+        CASES[f"random_Q37_N53_D19_{_dtype}_splits{_splits}"] = {
+            "kind": "random", "Q": 37, "N": 53, "D": 19, "dtype": _dtype,
+            "blocks": (16, 16, 16), "splits": _splits,
+        }  # fmt: skip
+    CASES[f"near_Q20_N230_D19_{_dtype}_gpu_blocks_splits3"] = {
+        "kind": "near", "Q": 20, "N": 230, "D": 19, "dtype": _dtype,
+        "blocks": (64, 64, 32), "splits": 3,
+    }  # fmt: skip
 
 # Exact ties on integer-valued data (every product and sum is exact in float32, whatever the
 # summation order, so a tie in exact arithmetic is a tie in the kernel too).
 TIE_CASES = {f"ties_{dtype}": {"dtype": dtype} for dtype in BANK_DTYPES}
+# The same ties with every bank tile in a split of its own, and with no split: the merge keeps
+# the lowest index across splits.
+TIE_CASES.update(
+    {
+        f"ties_{dtype}_splits{n}": {"dtype": dtype, "splits": n}
+        for dtype in BANK_DTYPES
+        for n in (1, 4)
+    }
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,6 +221,21 @@ def test_dot_products_request_ieee_precision(results):
     assert all("ieee" in p.lower() for p in precisions), precisions
 
 
+def test_split_count_does_not_change_a_bit(results):
+    r = results["splits_identical"]
+    assert r.get("error") is None, r.get("error")
+    first_dist, first_index = r["outs"][1]
+    assert torch.isfinite(first_dist).all() and int(first_index[3]) == 2
+    for splits, (dist, index) in r["outs"].items():
+        assert torch.equal(dist, first_dist) and torch.equal(index, first_index), splits
+
+
+def test_opcheck_of_the_triton_backend(results):
+    r = results["opcheck"]
+    assert r.get("error") is None, r.get("error")
+    assert r["passed"]
+
+
 def test_bad_arguments_are_named_in_the_error(results):
     r = results["bad_input"]
     assert r.get("error") is None, r.get("error")
@@ -240,6 +276,7 @@ def gpu_compile(tmp_path_factory) -> dict:
 
 
 def test_kernels_compile_for_gpus_with_ieee_dots_and_rounded_sqrt(gpu_compile):
+    """The split search (partial kernel: the dots; merge kernel: the root) and the norms."""
     assert gpu_compile["compiled"], "nothing was compiled"
     for name, r in gpu_compile["compiled"].items():
         assert r.get("error") is None, f"{name}:\n{r['error']}"
@@ -247,7 +284,9 @@ def test_kernels_compile_for_gpus_with_ieee_dots_and_rounded_sqrt(gpu_compile):
         if name.startswith("min_l2"):
             # input_precision="ieee": fp32 FMAs, no tensor-core (TF32) mma instructions.
             assert r["has_dot"] and not r["has_mma"], name
+        if name.startswith("merge"):
             assert r["sqrt"] == ["sqrt.rn.f32"], f"{name}: {r['sqrt']}"
+    assert {n.split("_sm")[0] for n in gpu_compile["compiled"]} == {"min_l2", "merge", "sq_norms"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,8 +304,8 @@ def test_cpu_tensors_without_the_interpreter_are_refused_clearly():
 
 
 def test_default_backend_for_cuda_tensors(monkeypatch):
-    """min_l2 (and bank_sq_norms) default to triton on CUDA; min_l2_local has no triton kernel
-    and falls back to the reference there (checked on the dispatcher: no GPU here)."""
+    """min_l2, bank_sq_norms and min_l2_local default to triton on CUDA tensors (checked on the
+    dispatcher: no GPU here)."""
     from vsad.ops._backend import choose_backend
 
     module = importlib.import_module("vsad.ops.min_l2")  # vsad.ops.min_l2 is also the function
@@ -274,14 +313,16 @@ def test_default_backend_for_cuda_tensors(monkeypatch):
     monkeypatch.delenv("VSAD_BACKEND", raising=False)
     cuda = torch.device("cuda")
     assert choose_backend("min_l2", cuda, None, module._SUPPORTED) == "triton"
-    assert choose_backend("min_l2_local", cuda, None, module._LOCAL_SUPPORTED) == "reference"
+    assert choose_backend("min_l2_local", cuda, None, module._LOCAL_SUPPORTED) == "triton"
 
 
-def test_min_l2_local_refuses_an_explicit_triton_backend():
+def test_min_l2_local_triton_on_cpu_without_the_interpreter_is_refused_clearly():
+    if os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("TRITON_INTERPRET is set for this whole session")
     from vsad.ops import min_l2_local
 
     q, b = torch.randn(1, 3, 4, 5), torch.randn(2, 3, 4, 5)
-    with pytest.raises(ValueError, match="min_l2_local has no 'triton' backend"):
+    with pytest.raises(ValueError, match="bank: on cpu, but the triton backend runs on CUDA"):
         min_l2_local(q, b, backend="triton")
 
 
@@ -330,7 +371,7 @@ def _run_case(spec: dict, rng) -> dict:
         kernels.bank_sq_norms(bank, norms, blocks=blocks[1:])
         dist = new_output((q.shape[0],), torch.float32, q.device)
         index = new_output((q.shape[0],), torch.int64, q.device)
-        kernels.min_l2(q, bank, norms, dist, index, blocks=blocks)
+        kernels.min_l2(q, bank, norms, dist, index, blocks=blocks, splits=spec.get("splits"))
     return {
         **spec,
         **case,
@@ -371,7 +412,19 @@ def _run_ties(spec: dict, rng) -> dict:
     near_dup = bank[3].clone()
     near_dup[0] += 1
     q = torch.cat([torch.stack([bank[3], near_dup, c, c2]), _nonzero_ints((13, D), rng)])
-    dist, index = min_l2(q, bank.to(dtype), backend="triton")
+    if spec.get("splits") is None:
+        dist, index = min_l2(q, bank.to(dtype), backend="triton")
+    else:
+        from vsad.kernels import min_l2 as kernels
+
+        from vsad.ops import bank_sq_norms
+        from vsad.ops._outputs import new_output
+
+        b = bank.to(dtype)
+        dist = new_output((q.shape[0],), torch.float32, q.device)
+        index = new_output((q.shape[0],), torch.int64, q.device)
+        norms = bank_sq_norms(b, backend="triton")
+        kernels.min_l2(q, b, norms, dist, index, blocks=(16, 16, 16), splits=spec["splits"])
     return {
         "q": q,
         "bank": bank.to(dtype),
@@ -429,9 +482,48 @@ def _run_bad_input() -> dict:
     a = good()
     attempt("blocks (BLOCK_D 8)", lambda: kernels.min_l2(*a.values(), blocks=(16, 16, 8)))
     attempt("blocks (BLOCK_N 48)", lambda: kernels.min_l2(*a.values(), blocks=(16, 48, 16)))
+    attempt("splits 0", lambda: kernels.min_l2(*a.values(), splits=0))
+    attempt("splits 1.5", lambda: kernels.min_l2(*a.values(), splits=1.5))
     attempt("out dtype", lambda: kernels.bank_sq_norms(a["bank"], torch.empty(N).double()))
     attempt("bank dtype", lambda: kernels.bank_sq_norms(a["bank"].int(), torch.empty(N)))
     return {"raised": raised}
+
+
+def _run_split_counts(rng) -> dict:
+    """One input, every split count of its 5 bank tiles: each tile is scored the same way
+    whichever split holds it, so the results must be identical (duplicates in tiles 0 and 4)."""
+    from vsad.kernels import min_l2 as kernels
+
+    from vsad.ops import bank_sq_norms
+    from vsad.ops._outputs import new_output
+
+    q = torch.randn(29, 19, generator=rng)
+    bank = torch.randn(70, 19, generator=rng)
+    bank[66] = bank[2]
+    q[3] = bank[2]
+    norms = bank_sq_norms(bank, backend="triton")
+    outs = {}
+    for splits in (1, 2, 3, 4, 5):
+        dist = new_output((29,), torch.float32, q.device)
+        index = new_output((29,), torch.int64, q.device)
+        kernels.min_l2(q, bank, norms, dist, index, blocks=(16, 16, 16), splits=splits)
+        outs[splits] = (dist, index)
+    return {"outs": outs}
+
+
+def _run_opcheck(rng) -> dict:
+    """torch.library.opcheck of the custom ops on their triton backend (schema, fake kernel vs
+    real outputs, autograd registration, an aot_eager trace with dynamic shapes)."""
+    from vsad.ops import bank_sq_norms
+
+    q = torch.randn(21, 19, generator=rng)
+    for dtype in (torch.float32, torch.bfloat16):
+        bank = torch.randn(37, 19, generator=rng).to(dtype)
+        torch.library.opcheck(torch.ops.vsad.bank_sq_norms.default, (bank, "triton"))
+        norms = bank_sq_norms(bank, backend="triton")
+        args = (q, bank, norms, "fp32", "triton")
+        torch.library.opcheck(torch.ops.vsad.min_l2.default, args)
+    return {"passed": True}
 
 
 def _record_dot_precisions() -> list[str]:
@@ -458,20 +550,31 @@ def _compile_for_gpu() -> None:
     from vsad.kernels import min_l2 as kernels
 
     assert not os.environ.get("TRITON_INTERPRET"), "run without TRITON_INTERPRET"
+    from vsad.kernels import bank_sq_norms as norm_kernels
+
     cuda = torch.device("cuda")
     ptr = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
     jobs = {}
     for arch, dtype, D in ((80, "float32", 64), (80, "float16", 19), (80, "bfloat16", 64),
                            (90, "bfloat16", 64)):  # fmt: skip
         block_q, block_n, block_d = kernels._blocks(D, cuda)
-        sig = {"q_ptr": "*fp32", "b_ptr": ptr[dtype], "norms_ptr": "*fp32", "dist_ptr": "*fp32",
-               "index_ptr": "*i64", "Q": "i32", "N": "i32", "D": "i32"}  # fmt: skip
+        sig = {"q_ptr": "*fp32", "b_ptr": ptr[dtype], "norms_ptr": "*fp32",
+               "part_val_ptr": "*fp32", "part_idx_ptr": "*i32", "Q": "i32", "N": "i32",
+               "D": "i32", "tiles_per_split": "i32"}  # fmt: skip
         consts = {"BLOCK_Q": block_q, "BLOCK_N": block_n, "BLOCK_D": block_d}
-        jobs[f"min_l2_sm{arch}_{dtype}_D{D}"] = (kernels._min_l2_kernel, sig, consts, arch)
+        jobs[f"min_l2_sm{arch}_{dtype}_D{D}"] = (kernels._min_l2_partial_kernel, sig, consts, arch)
+    for arch in (80, 90):
+        sig = {"q_ptr": "*fp32", "part_val_ptr": "*fp32", "part_idx_ptr": "*i32",
+               "dist_ptr": "*fp32", "index_ptr": "*i64", "Q": "i32", "D": "i32",
+               "splits": "i32"}  # fmt: skip
+        consts = {"BLOCK_Q": 64, "BLOCK_D": 32}
+        jobs[f"merge_sm{arch}"] = (kernels._min_l2_merge_kernel, sig, consts, arch)
     for dtype in ("float32", "bfloat16"):
         sig = {"b_ptr": ptr[dtype], "out_ptr": "*fp32", "N": "i32", "D": "i32"}
-        consts = dict(zip(("BLOCK_N", "BLOCK_D"), kernels._blocks(64, cuda)[1:], strict=True))
-        jobs[f"sq_norms_sm80_{dtype}"] = (kernels._sq_norms_kernel, sig, consts, 80)
+        consts = dict(
+            zip(("BLOCK_N", "BLOCK_D"), norm_kernels.default_blocks(64, cuda), strict=True)
+        )
+        jobs[f"sq_norms_sm80_{dtype}"] = (norm_kernels._sq_norms_kernel, sig, consts, 80)
     compiled = {}
     for name, (fn, sig, consts, arch) in jobs.items():
         sig = {**sig, **dict.fromkeys(consts, "constexpr")}
@@ -507,6 +610,8 @@ def _main(seed: int, out_path: str) -> None:
     jobs = {name: (lambda rng, spec=spec: _run_case(spec, rng)) for name, spec in CASES.items()}
     jobs.update({name: (lambda rng, s=spec: _run_ties(s, rng)) for name, spec in TIE_CASES.items()})
     jobs["bad_input"] = lambda rng: _run_bad_input()
+    jobs["opcheck"] = _run_opcheck
+    jobs["splits_identical"] = _run_split_counts
     for index, (name, job) in enumerate(jobs.items()):
         try:
             results[name] = job(torch.Generator().manual_seed(seed + index))

@@ -84,6 +84,22 @@ def _open(args, split: str, category: str | None = None):
     return open_dataset(args.data, category, split, format=args.format, **options)
 
 
+def _add_device_argument(parser: argparse.ArgumentParser, what: str, default: str = "cpu") -> None:
+    parser.add_argument(
+        "--device",
+        default=None,
+        help=f"where {what} runs: cpu, cuda (the current GPU) or cuda:N (default: {default})",
+    )
+
+
+def _load(path: Path, args: argparse.Namespace):
+    """The saved detector at `path`, on --device (default cpu: a model fitted on a GPU loads
+    on any machine)."""
+    from vsad.detector import load_detector
+
+    return load_detector(path, device=args.device or "cpu")
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--data", required=required, help="dataset root folder")
     parser.add_argument(
@@ -125,6 +141,10 @@ def _train(args: argparse.Namespace) -> int:
     cls = _detector_class(args.model)
     config = cls.config_class.from_file(args.config) if args.config else cls.config_class()
     config = config.with_overrides(args.overrides)
+    if args.device is not None:  # the same as the override device=...
+        config = config.with_overrides({"device": args.device})
+    detector = cls(config)
+    detector.device  # noqa: B018 - a device this machine lacks fails before anything is read
     train = _open(args, "train")
     if len(train) == 0:
         raise SystemExit(
@@ -138,7 +158,6 @@ def _train(args: argparse.Namespace) -> int:
     run.mkdir(parents=True, exist_ok=True)
     print(f"training {cls.kind} on {len(train)} samples of {args.category!r} -> {run}")
     start = time.perf_counter()
-    detector = cls(config)
     fit_args = {"progress": not args.quiet}
     if cls.kind == "VSAD":
         fit_args.update(work_dir=run / "checkpoints", homographies=args.homographies)
@@ -201,7 +220,6 @@ def _run_info(run: Path) -> dict:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from vsad.detector import load_detector
     from vsad.detector.evaluate import evaluate_detector, print_table
 
     run = Path(args.run)
@@ -216,7 +234,7 @@ def _test(args: argparse.Namespace) -> int:
         )
     if args.image_size is None:
         args.image_size = data.get("image_size")
-    detector = load_detector(run / "model")
+    detector = _load(run / "model", args)
     test = _open(args, "test")
     out = Path(args.out) if args.out else run / "test" / args.category
     timings: dict = {}
@@ -278,11 +296,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     from vsad.data import read_image
     from vsad.data.imageio import resize_image
-    from vsad.detector import load_detector
     from vsad.viz import save_overlays
 
     run = Path(args.run)
-    detector = load_detector(run / "model" if (run / "model").is_dir() else run)
+    detector = _load(run / "model" if (run / "model").is_dir() else run, args)
     groups = _group([Path(p) for p in args.images], detector.num_views)
     out = Path(args.out) if args.out else run / "predictions"
     results, records = [], []
@@ -372,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--homographies", help="file with the views' homographies (else estimated)")
     train.add_argument("--max-train", type=int, help="use only the first N training samples")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device_argument(train, "training", "the config's device, cpu")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.set_defaults(func=_train)
 
@@ -391,9 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--worst", type=int, default=4, help="worst false rejects and escapes in report.html"
     )
     test.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device_argument(test, "the evaluation")
     test.set_defaults(func=_test)
 
     add_calibrate_parser(sub, _add_data_arguments)
+    _add_device_argument(sub.choices["calibrate"], "the scoring of a split")
 
     predict = sub.add_parser(
         "predict",
@@ -405,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="sample folders or image files")
     predict.add_argument("--out", help="output folder (default RUN/predictions)")
     predict.add_argument("--save-maps", action="store_true", help="also save maps as .npy")
+    _add_device_argument(predict, "prediction")
     predict.set_defaults(func=_predict)
 
     demo = sub.add_parser(

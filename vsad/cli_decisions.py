@@ -155,7 +155,7 @@ def calibrate(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     model_dir = _model_dir(run)
-    detector = load_detector(model_dir)
+    detector = load_detector(model_dir, device=getattr(args, "device", None) or "cpu")
     split = None
     if args.data or args.split or args.category:
         data = {}

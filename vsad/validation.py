@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -33,6 +34,26 @@ class Bound:
         lo = None if self.lo is None else f"{'>' if self.lo_open else '>='} {self.lo:g}"
         hi = None if self.hi is None else f"{'<' if self.hi_open else '<='} {self.hi:g}"
         return " and ".join(x for x in (lo, hi) if x)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A string field that must match `regex` in full; `expected` says what in words."""
+
+    regex: str
+    expected: str
+
+    def holds(self, value: str) -> bool:
+        return re.fullmatch(self.regex, value) is not None
+
+
+def check_patterns(config: Any, patterns: dict[str, Pattern], *, prefix: str = "") -> None:
+    """Raises ValueError naming `prefix + key` for the first string field that does not match
+    its pattern (types are checked by check_fields first)."""
+    for name, pattern in patterns.items():
+        value = getattr(config, name)
+        if isinstance(value, str) and not pattern.holds(value):
+            raise ValueError(f"{prefix}{name}: got {value!r}, expected {pattern.expected}")
 
 
 def at_least(lo: float) -> Bound:
@@ -144,4 +165,14 @@ def _plural(text: str) -> str:
     return text.replace(" or null", "s or nulls") if " or null" in text else text + "s"
 
 
-__all__ = ["Bound", "above", "at_least", "between", "check_fields", "describe", "matches"]
+__all__ = [
+    "Bound",
+    "Pattern",
+    "above",
+    "at_least",
+    "between",
+    "check_fields",
+    "check_patterns",
+    "describe",
+    "matches",
+]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from vsad._atomic import atomic_directory
+from vsad.detector import device as devices
 from vsad.detector.config import DetectorConfig
 from vsad.detector.inputs import check_views, to_model_tensor, views_of
 from vsad.memory.feature_banks import FeatureBanks
@@ -113,6 +114,27 @@ class BankDetector:
         self.thresholds: dict | None = None
         self.normal_scores: dict | None = None
         self.view_size: tuple[int, int] | None = None
+        self._device: torch.device | None = None  # config.device resolved (fit, load, to)
+
+    # -- device ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the model, the banks and every tensor of fit and predict live
+        (config.device, checked against this machine on first use)."""
+        if self._device is None:
+            self._device = devices.resolve_device(self.config.device)
+        return self._device
+
+    def to(self, device: str) -> BankDetector:
+        """Moves the fitted (or loaded) detector to `device` ("cpu", "cuda", "cuda:N") and
+        sets config.device; returns self. Scores on another device may differ in the last
+        bits (other kernels), not more."""
+        resolved = devices.resolve_device(device)
+        self.config.device, self._device = device, resolved
+        if self.banks is not None:
+            self.banks.to(resolved)
+        self._move_to(resolved)
+        return self
 
     # -- hooks for subclasses -------------------------------------------------------------
     def _fit_model(self, images: torch.Tensor, raw_views: list, *, progress, work_dir, **kw):
@@ -130,6 +152,9 @@ class BankDetector:
     def _extra_meta(self) -> dict:
         return {}
 
+    def _move_to(self, device: torch.device) -> None:
+        """Moves the subclass's modules and tensors to `device`."""
+
     # -- fitting --------------------------------------------------------------------------
     def fit(
         self,
@@ -146,6 +171,8 @@ class BankDetector:
         """
         from tqdm.auto import tqdm
 
+        self._device = None
+        device = self.device  # checked before any data is read
         torch.manual_seed(self.config.seed)
         images, raw_views = [], []
         keep_raw = self._raw_samples_needed()
@@ -159,7 +186,7 @@ class BankDetector:
             images.append(to_model_tensor(views, self.config.image_size))
         if not images:
             raise ValueError("train: got no samples, expected at least one normal sample")
-        stacked = torch.stack(images)
+        stacked = torch.stack(images).to(device)
         self._fit_model(stacked, raw_views, progress=progress, work_dir=work_dir, **kwargs)
         self.banks = self._new_banks()
         batch = self.config.batch_size
@@ -212,6 +239,7 @@ class BankDetector:
             dtype=getattr(torch, c.bank_dtype),
             coreset_ratio=c.coreset_ratio,
             normalization=c.normalization,
+            device=self.device,
         )
 
     # -- prediction -----------------------------------------------------------------------
@@ -264,7 +292,7 @@ class BankDetector:
 
     @torch.no_grad()
     def _predict_batch(self, pending, timings) -> list[Prediction]:
-        images = torch.stack([p[0] for p in pending])
+        images = torch.stack([p[0] for p in pending]).to(self.device)
         features = self._features(images, timings)
         with stage(timings, "bank_search"):
             distances = self.banks.search(features)
@@ -273,6 +301,8 @@ class BankDetector:
             maps = combine_levels(distances, self.config.level_weights, self.view_size)
             maps = gaussian_smooth(maps, self.config.smoothing_sigma)
             view_scores, scores = view_and_sample_scores(maps)
+            # Back to the CPU only here, for the Prediction (one transfer per batch).
+            maps, view_scores, scores = maps.cpu(), view_scores.cpu(), scores.cpu()
         t = self.thresholds
         used = None if t is None else {k: t.get(k) for k in ("view", "sample", "source", "fpr")}
         return [
@@ -360,11 +390,13 @@ class BankDetector:
 
         self._check_fitted()
         directory = Path(directory)
+        # The device is the loading machine's choice (load(device=...)), not the model's.
+        config = {k: v for k, v in self.config.to_dict().items() if k not in RUNTIME_KEYS}
         meta = {
             "format": FORMAT_VERSION,
             "detector": self.kind,
             "vsad_version": vsad.__version__,
-            "config": self.config.to_dict(),
+            "config": config,
             "num_views": self.num_views,
             "view_size": list(self.view_size),
             "banks": self.banks.settings(),
@@ -379,14 +411,16 @@ class BankDetector:
         with atomic_directory(directory) as tmp:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
             if state:
-                weights = {k: v.detach().contiguous() for k, v in state.items()}
+                weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
                 save_file(weights, tmp / WEIGHTS_FILE)
             save_file(self.banks.tensors(), tmp / BANK_FILE)
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> BankDetector:
-        """Loads what save() wrote; scores are bit-identical to the saved detector's."""
+    def load(cls, directory: str | Path, *, device: str = "cpu") -> BankDetector:
+        """Loads what save() wrote onto `device` ("cpu" by default, "cuda", "cuda:N"; the
+        device a model was fitted on is not saved). On the device it was saved from, scores
+        are bit-identical to the saved detector's."""
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -415,11 +449,16 @@ class BankDetector:
         config_class = target.config_class
         legacy = copy.deepcopy(config_class.LEGACY_DEFAULTS)  # holds lists: never share them
         _check_meta(meta, meta_path)
-        detector = target(config_class.from_dict({**legacy, **meta["config"]}))
+        # A "device" in a hand-edited detector.json is not the loading machine's: ignored.
+        saved = {k: v for k, v in meta["config"].items() if k not in RUNTIME_KEYS}
+        detector = target(config_class.from_dict({**legacy, **saved, "device": device}))
+        resolved = detector.device  # a device this machine lacks fails here, before any reading
         detector.num_views, detector.view_size = meta["num_views"], tuple(meta["view_size"])
         weights = directory / WEIGHTS_FILE
         detector._load_state(load_file(weights) if weights.is_file() else {}, meta)
-        detector.banks = FeatureBanks.from_tensors(meta["banks"], load_file(directory / BANK_FILE))
+        detector.banks = FeatureBanks.from_tensors(
+            meta["banks"], load_file(directory / BANK_FILE), device=resolved
+        )
         from vsad.detector.calibration import warn_uncalibrated
         from vsad.detector.thresholds import check_thresholds
 
@@ -431,6 +470,8 @@ class BankDetector:
 
 
 DETECTORS: dict[str, type[BankDetector]] = {}
+#: Config keys that describe the machine, not the model: never saved with a detector.
+RUNTIME_KEYS = ("device",)
 
 
 def register_detector(cls: type[BankDetector]) -> type[BankDetector]:
@@ -453,6 +494,7 @@ def _check_meta(meta: dict, path: Path) -> None:
             raise ValueError(f"{path}: {key!r} is {meta.get(key)!r}, expected {expected}")
 
 
-def load_detector(directory: str | Path) -> BankDetector:
-    """Loads a saved VSAD, PatchKNN or PatchCore, whichever the folder holds."""
-    return BankDetector.load(directory)
+def load_detector(directory: str | Path, *, device: str = "cpu") -> BankDetector:
+    """Loads a saved VSAD, PatchKNN or PatchCore, whichever the folder holds, onto `device`
+    ("cpu" by default, "cuda", "cuda:N")."""
+    return BankDetector.load(directory, device=device)

@@ -41,8 +41,8 @@ def loo_normal_scores(detector) -> tuple[np.ndarray, np.ndarray]:
             maps = combine_levels(chunk, detector.config.level_weights, detector.view_size)
             maps = gaussian_smooth(maps, detector.config.smoothing_sigma)
             views, samples = view_and_sample_scores(maps)
-            view_scores.append(views.double().numpy())
-            sample_scores.append(samples.double().numpy())
+            view_scores.append(views.double().cpu().numpy())
+            sample_scores.append(samples.double().cpu().numpy())
     return np.concatenate(sample_scores), np.concatenate(view_scores)
 
 

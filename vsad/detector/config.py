@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from vsad.detector.device import DEVICE_PATTERN
 from vsad.geometry.graphs import GRAPH_KINDS
 from vsad.geometry.pooled import FALLBACKS
 from vsad.memory.feature_banks import BANK_MODES, NORMALIZATIONS
@@ -20,8 +21,8 @@ from vsad.model.pretrained import (
     stages_stride,
 )
 from vsad.model.training import TrainConfig
-from vsad.model.view_aligned_unet import PLACEMENTS
-from vsad.validation import Bound, above, at_least, between, check_fields
+from vsad.model.view_aligned_unet import AUTOCAST_DTYPES, PLACEMENTS
+from vsad.validation import Bound, Pattern, above, at_least, between, check_fields, check_patterns
 
 ENCODERS = ("unshuffle", "vae", *PRETRAINED_ENCODERS)
 BACKBONES = ("pixels", *PRETRAINED_ENCODERS)
@@ -57,6 +58,10 @@ class DetectorConfig:
     # leave-one-out scores (vsad/detector/calibration.py); None = no thresholds. 0.05, not
     # 0.01: 40 normal samples resolve 5 % (the order statistic needs 19) but not 1 % (99).
     threshold_fpr: float | None = 0.05
+    # Where the model, the banks and every tensor of fit and predict live: "cpu", "cuda" (the
+    # current GPU) or "cuda:N". Not part of what is saved: load_detector(path, device=...)
+    # (default "cpu") picks it on the machine that loads the model (vsad/detector/device.py).
+    device: str = "cpu"
 
     #: Ranges of the numeric fields (types come from the annotations; vsad.validation).
     BOUNDS: ClassVar[dict[str, Bound]] = {
@@ -76,15 +81,19 @@ class DetectorConfig:
         "bank_dtype": BANK_DTYPE_NAMES,
         "normalization": NORMALIZATIONS,
     }
+    #: String fields with a format (vsad.validation.Pattern).
+    PATTERNS: ClassVar[dict[str, Pattern]] = {"device": DEVICE_PATTERN}
 
     def __post_init__(self) -> None:
         if isinstance(getattr(self, "train", None), dict):  # a nested section given as a dict
             self.train = _train_config(self.train)
-        bounds, choices = {}, {}
+        bounds, choices, patterns = {}, {}, {}
         for klass in reversed(type(self).__mro__):
             bounds.update(vars(klass).get("BOUNDS", {}))
             choices.update(vars(klass).get("CHOICES", {}))
+            patterns.update(vars(klass).get("PATTERNS", {}))
         check_fields(self, bounds)
+        check_patterns(self, patterns)
         for name, allowed in choices.items():
             _choice(self, name, allowed)
         if self.level_weights is not None and (
@@ -223,6 +232,11 @@ class VSADConfig(DetectorConfig):
     # Score the encoder's latent as a level (after the decoder levels, not fused): the
     # standardised pretrained features, or with the unshuffle encoder the f×f pixel patches.
     latent_level: bool = True
+    # Mixed precision of the UNet (with MVAM and FRM) in training and feature extraction:
+    # "none" (float32, the default on every device), "bf16" or "fp16" autocast. Meant for CUDA
+    # (fp16 trains with a gradient scaler); "bf16" also runs on CPUs, fast only where oneDNN
+    # has bf16 kernels (AVX512-BF16 / AMX). The features read for the bank are float32.
+    autocast: str = "none"
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "unshuffle_factor": at_least(1),
@@ -240,6 +254,7 @@ class VSADConfig(DetectorConfig):
         "placement": PLACEMENTS,
         "view_graph": VIEW_GRAPHS,
         "homography_fallback": FALLBACKS,
+        "autocast": tuple(AUTOCAST_DTYPES),
     }
 
     def __post_init__(self) -> None:

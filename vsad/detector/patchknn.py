@@ -36,8 +36,12 @@ class PatchKNN(BankDetector):
         weights package — a saved detector does not store it."""
         c = self.config
         if c.backbone != "pixels" and self._backbone is None:
-            self._backbone = PretrainedFeatures(c.backbone, c.backbone_stages)
+            self._backbone = PretrainedFeatures(c.backbone, c.backbone_stages).to(self.device)
         return self._backbone
+
+    def _move_to(self, device: torch.device) -> None:
+        if self._backbone is not None:
+            self._backbone.to(device)
 
     def _extract(self, images: torch.Tensor, timings: dict | None = None) -> list[torch.Tensor]:
         B, M = images.shape[:2]

@@ -73,6 +73,7 @@ class VSAD(BankDetector):
             self.encoder = VAEEncoder(vae)
         else:
             self.encoder = PixelUnshuffleEncoder(c.unshuffle_factor)
+        self.encoder.to(self.device)
         if not self.uses_unet:
             self.model = None  # the encoder's latent level alone: nothing to train or invert
             return
@@ -91,7 +92,8 @@ class VSAD(BankDetector):
             use_mvam=c.use_mvam,
             use_frm=c.use_frm,
             placement=c.placement,
-        )
+            autocast=c.autocast,
+        ).to(self.device)
         self._levels()  # validates feature_levels against the UNet
 
     @property
@@ -152,9 +154,14 @@ class VSAD(BankDetector):
             )
         return geometry.from_full_matrix(dense, neighbors, image_size=self.view_size)
 
-    def _latent_homography(self, latent_size) -> tuple[torch.Tensor, torch.Tensor]:
+    def _latent_homography(
+        self, latent_size, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H on the latent grid, neighbours), on `device` (default: the detector's)."""
+        device = self.device if device is None else device
         H = image_to_grid(self.homographies.H, self.view_size, latent_size)
-        return H, torch.as_tensor(np.asarray(self.homographies.neighbors), dtype=torch.int64)
+        neighbors = torch.as_tensor(np.asarray(self.homographies.neighbors), dtype=torch.int64)
+        return H.to(device), neighbors.to(device)
 
     # -- fitting --------------------------------------------------------------------------
     def _fit_model(self, images, raw_views, *, progress, work_dir, homographies=None):
@@ -206,7 +213,7 @@ class VSAD(BankDetector):
                 hook.remove()
         chosen = [features[level] for level in self._levels()]
         with stage(timings, "fusion"):
-            fusion_neighbors = self._fusion_neighbors(neighbors)
+            fusion_neighbors = self._fusion_neighbors(neighbors.device)
             fused = [
                 fuse_views(
                     feat,
@@ -234,19 +241,15 @@ class VSAD(BankDetector):
         latents = self.encoder.encode(images)
         return latents, latents
 
-    def _fusion_neighbors(self, neighbors: torch.Tensor) -> torch.Tensor:
-        """The view graph for cross-view fusion: pairs whose homography fell back to the
-        identity (homography_fallback="identity") are left out — their features are not
-        aligned, and averaging them would blend another part of the object into the view."""
+    def _fusion_neighbors(self, device: torch.device) -> torch.Tensor:
+        """The view graph for cross-view fusion, on `device`: pairs whose homography fell back
+        to the identity (homography_fallback="identity") are left out — their features are
+        not aligned, and averaging them would blend another part of the object into the
+        view. Made on the host from the (numpy) graph, then moved: one transfer."""
+        rows = np.asarray(self.homographies.neighbors).tolist()
         failed = {(r.i, r.j) for r in self.homographies.failed_pairs()}
-        if not failed:
-            return neighbors
-        kept = neighbors.clone()
-        for i, row in enumerate(neighbors.tolist()):
-            for n, j in enumerate(row):
-                if (i, j) in failed:
-                    kept[i, n] = -1
-        return kept
+        kept = [[-1 if (i, j) in failed else j for j in row] for i, row in enumerate(rows)]
+        return torch.as_tensor(kept, dtype=torch.int64).to(device)
 
     def _time_mvam(self, timings: dict | None) -> list:
         """Hooks that add the time spent inside MVAM modules to timings["mvam"] (this time is
@@ -268,6 +271,14 @@ class VSAD(BankDetector):
             hooks.append(module.register_forward_pre_hook(before))
             hooks.append(module.register_forward_hook(after))
         return hooks
+
+    def _move_to(self, device: torch.device) -> None:
+        if self.encoder is not None:
+            self.encoder.to(device)
+        if self.model is not None:
+            self.model.to(device)
+        if self.null_text is not None:
+            self.null_text = self.null_text.to(device)
 
     # -- persistence ----------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -312,7 +323,7 @@ class VSAD(BankDetector):
         if self.model is None:
             return
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.null_text = tensors["null_text"]
+        self.null_text = tensors["null_text"].to(self.device)
         # The pair report decides which pairs cross-view fusion leaves out (fallbacks), so it
         # must come back with the matrices for the scores to be the saved detector's.
         report = meta.get("homography_report") or []

@@ -20,14 +20,21 @@ class MemoryBank:
     Args:
         dim: feature dimension D (taken from the first `add` if None).
         dtype: storage dtype — float32, float16 or bfloat16 (search accumulates in float32).
+        device: where the prototypes are stored and searched (queries are moved there).
     """
 
-    def __init__(self, dim: int | None = None, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        dim: int | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if dtype not in BANK_DTYPES:
             raise ValueError(f"dtype: got {dtype}, expected one of {list(BANK_DTYPES)}")
         if dim is not None and dim < 1:
             raise ValueError(f"dim: got {dim}, expected >= 1")
-        self.dim, self.dtype = dim, dtype
+        self.dim, self.dtype, self.device = dim, dtype, torch.device(device)
         self._chunks: list[torch.Tensor] = []
         self._features: torch.Tensor | None = None
         self._norms: torch.Tensor | None = None
@@ -51,8 +58,18 @@ class MemoryBank:
             return
         if not bool(torch.isfinite(rows).all()):
             raise ValueError("features: contain NaN or Inf; a bank must hold finite features only")
-        self._chunks.append(rows.to(device="cpu", dtype=self.dtype).contiguous())
+        self._chunks.append(rows.to(device=self.device, dtype=self.dtype).contiguous())
         self._features = self._norms = None
+
+    def to(self, device: torch.device | str) -> MemoryBank:
+        """Moves the prototypes (and their cached norms) to `device`; returns self."""
+        self.device = torch.device(device)
+        self._chunks = [c.to(self.device) for c in self._chunks]
+        if self._features is not None:
+            self._features = self._chunks[0] if len(self._chunks) == 1 else None
+        if self._norms is not None:
+            self._norms = self._norms.to(self.device)
+        return self
 
     @property
     def features(self) -> torch.Tensor:
@@ -71,6 +88,7 @@ class MemoryBank:
         keep = kcenter_greedy(
             self.features, min(n, len(self)), seed=seed, projection_dim=projection_dim
         )
+        keep = keep.to(self.features.device)
         self._chunks = [self.features[keep].contiguous()]
         self._features = self._norms = None
         return keep
@@ -89,12 +107,17 @@ class MemoryBank:
         lead = queries.shape[:-1]
         flat = queries.reshape(-1, queries.shape[-1])
         if flat.shape[0] == 0:
-            return torch.empty(lead), torch.empty(lead, dtype=torch.int64)
+            empty = {"device": bank.device}
+            return torch.empty(lead, **empty), torch.empty(lead, dtype=torch.int64, **empty)
         # Chunks of queries keep memory bounded for any number of queries (the mixed-precision
         # kernel keeps O(D) bytes of state per query).
         parts = [
             min_l2(
-                chunk.cpu(), bank, bank_sq_norms=self._norms, precision=precision, backend=backend
+                chunk.to(bank.device),
+                bank,
+                bank_sq_norms=self._norms,
+                precision=precision,
+                backend=backend,
             )
             for chunk in flat.split(QUERY_CHUNK)
         ]
@@ -110,10 +133,10 @@ class MemoryBank:
 
         meta = {"format": FORMAT_VERSION, "dtype": BANK_DTYPES[self.dtype], "dim": str(self.dim)}
         with atomic_path(path) as tmp:
-            save_file({"features": self.features}, tmp, metadata=meta)
+            save_file({"features": self.features.cpu()}, tmp, metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> MemoryBank:
+    def load(cls, path: str | Path, *, device: torch.device | str = "cpu") -> MemoryBank:
         from safetensors import safe_open
 
         path = Path(path)
@@ -127,6 +150,6 @@ class MemoryBank:
                     f"(format {meta.get('format')!r})"
                 )
             features = f.get_tensor("features")
-        bank = cls(features.shape[1], dtype=features.dtype)
-        bank._chunks = [features]
+        bank = cls(features.shape[1], dtype=features.dtype, device=device)
+        bank._chunks = [features.to(bank.device)]
         return bank

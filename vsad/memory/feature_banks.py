@@ -48,6 +48,8 @@ class FeatureBanks:
         coreset_ratio: global mode only — keep this fraction of each bank (greedy k-center).
         normalization: "none" (raw distances) or "position" (z-scores per view and cell, see
             the module docstring; needs at least 2 training samples).
+        device: where the banks, their statistics and the searches live (features are moved
+            there; search returns maps on it).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class FeatureBanks:
         coreset_ratio: float | None = None,
         precision: str = "fp32",
         normalization: str = "none",
+        device: torch.device | str = "cpu",
     ) -> None:
         if normalization not in NORMALIZATIONS:
             raise ValueError(
@@ -82,6 +85,7 @@ class FeatureBanks:
         self.mode, self.radius, self.per_view = mode, radius, per_view
         self.dtype, self.coreset_ratio, self.precision = dtype, coreset_ratio, precision
         self.normalization = normalization
+        self.device = torch.device(device)
         self._stats: list[tuple[torch.Tensor, torch.Tensor]] = []  # per level: μ, σ (M, h, w)
         self.loo_distances: list[torch.Tensor] | None = None  # finalize(keep_loo=True)
         self._loo_stat_distances: list[torch.Tensor] | None = None
@@ -108,7 +112,7 @@ class FeatureBanks:
             cells = feat.detach().permute(0, 1, 3, 4, 2)  # (B, M, h, w, D)
             for view in range(self._bank_views()):
                 part = cells[:, view] if self.per_view else cells.flatten(0, 1)
-                chunk = part.to(device="cpu", dtype=self.dtype).contiguous()
+                chunk = part.to(device=self.device, dtype=self.dtype).contiguous()
                 self._chunks.setdefault((level, view), []).append(chunk)
         self._local.clear()
         self._global.clear()
@@ -272,7 +276,7 @@ class FeatureBanks:
             D = stacked.shape[-1]
             self._local[key] = (stacked, bank_sq_norms(stacked.reshape(-1, D)))
             return
-        bank = MemoryBank(stacked.shape[-1], dtype=self.dtype)
+        bank = MemoryBank(stacked.shape[-1], dtype=self.dtype, device=self.device)
         bank.add(stacked)
         if self.coreset_ratio is not None and self.coreset_ratio < 1:
             keep = bank.coreset(max(1, round(self.coreset_ratio * len(bank))), seed=seed)
@@ -312,7 +316,7 @@ class FeatureBanks:
             )
         maps = []
         for level, feat in enumerate(features):
-            cells = feat.permute(0, 1, 3, 4, 2).float()  # (B, M, h, w, D)
+            cells = feat.permute(0, 1, 3, 4, 2).to(self.device, torch.float32)  # (B, M, h, w, D)
             views = []
             for view in range(self.num_views):
                 key = (level, view if self.per_view else 0)
@@ -335,15 +339,37 @@ class FeatureBanks:
             raise ValueError(f"distances: got {len(distances)} levels, expected {len(self._stats)}")
         return [(d - mean) / std for d, (mean, std) in zip(distances, self._stats, strict=True)]
 
+    # -- devices --------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> FeatureBanks:
+        """Moves every bank, its norms, the statistics and the kept leave-one-out maps to
+        `device`; returns self."""
+        device = torch.device(device)
+
+        def move(t):
+            return None if t is None else t.to(device)
+
+        self.device = device
+        self._stats = [(move(m), move(s)) for m, s in self._stats]
+        self._local = {k: (move(b), move(n)) for k, (b, n) in self._local.items()}
+        for bank in self._global.values():
+            bank.to(device)
+        self._kept = {k: move(v) for k, v in self._kept.items()}
+        self._chunks = {k: [move(c) for c in v] for k, v in self._chunks.items()}
+        if self.loo_distances is not None:
+            self.loo_distances = [move(d) for d in self.loo_distances]
+        if self._loo_stat_distances is not None:
+            self._loo_stat_distances = [move(d) for d in self._loo_stat_distances]
+        return self
+
     # -- persistence ----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Every bank as a named tensor (for safetensors)."""
+        """Every bank as a named tensor (for safetensors), on the CPU."""
         tensors = {f"level{level}.view{view}": self._stored((level, view)).contiguous()
                    for level, view in self._keys()}  # fmt: skip
         for level, (mean, std) in enumerate(self._stats):
             tensors[f"stats.level{level}.mean"] = mean
             tensors[f"stats.level{level}.std"] = std
-        return tensors
+        return {name: t.cpu() for name, t in tensors.items()}
 
     def settings(self) -> dict:
         return {
@@ -359,7 +385,16 @@ class FeatureBanks:
         }
 
     @classmethod
-    def from_tensors(cls, settings: dict, tensors: dict[str, torch.Tensor]) -> FeatureBanks:
+    def from_tensors(
+        cls,
+        settings: dict,
+        tensors: dict[str, torch.Tensor],
+        *,
+        device: torch.device | str = "cpu",
+    ) -> FeatureBanks:
+        """The banks that `settings()` and `tensors()` describe, on `device`."""
+        device = torch.device(device)
+        tensors = {name: t.to(device) for name, t in tensors.items()}
         banks = cls(
             settings["mode"],
             radius=settings["radius"],
@@ -367,6 +402,7 @@ class FeatureBanks:
             dtype=getattr(torch, settings["dtype"]),
             precision=settings.get("precision", "fp32"),
             normalization=settings.get("normalization", "none"),
+            device=device,
         )
         banks.coreset_ratio = settings["coreset_ratio"]  # already applied to the stored banks
         banks.shapes = [tuple(s) for s in settings["shapes"]]
@@ -384,7 +420,7 @@ class FeatureBanks:
                         bank_sq_norms(stored.reshape(-1, stored.shape[-1])),
                     )
                 else:
-                    bank = MemoryBank(tensors[name].shape[-1], dtype=banks.dtype)
+                    bank = MemoryBank(tensors[name].shape[-1], dtype=banks.dtype, device=device)
                     bank.add(tensors[name])
                     banks._global[key] = bank
                 banks._chunks[key] = [tensors[name]]

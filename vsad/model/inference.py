@@ -50,7 +50,7 @@ def extract_features(
     cond = text.expand(B * M, -1, -1)
 
     def run(sample, t):
-        timesteps = torch.full((B * M,), int(t), dtype=torch.long)
+        timesteps = torch.full((B * M,), int(t), dtype=torch.long, device=z.device)
         return model(sample, timesteps, cond, views=M, homography=homography, neighbors=neighbors)
 
     t = 0

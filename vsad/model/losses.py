@@ -59,11 +59,9 @@ def refine_loss(
     """
     if mode not in REFINE_MODES:
         raise ValueError(f"mode: got {mode!r}, expected one of {REFINE_MODES}")
+    # Read on the host once (neighbors may live on a GPU: one transfer, not one per slot).
     pairs = [
-        (i, n, int(j))
-        for i in range(neighbors.shape[0])
-        for n, j in enumerate(neighbors[i])
-        if j >= 0
+        (i, n, j) for i, row in enumerate(neighbors.tolist()) for n, j in enumerate(row) if j >= 0
     ]
     if not pairs:
         raise ValueError("neighbors: every slot is -1, so there is no neighbour pair to align")

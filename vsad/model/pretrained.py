@@ -286,8 +286,10 @@ class PretrainedFeatures(nn.Module):
             ):
                 aligned.append(out)
                 continue
+            # The coordinates are made (and checked) on the CPU; the grid goes to out's device.
             gy, gx = torch.meshgrid(coords[0], coords[1], indexing="ij")
-            grid = torch.stack([gx, gy], dim=-1).to(out.dtype).expand(out.shape[0], -1, -1, -1)
+            grid = torch.stack([gx, gy], dim=-1).to(device=out.device, dtype=out.dtype)
+            grid = grid.expand(out.shape[0], -1, -1, -1)
             aligned.append(
                 F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=True)
             )
@@ -389,10 +391,11 @@ class PretrainedEncoder(nn.Module):
         """μ, σ (and the PCA) from training images (N, 3, H, W) in [0, 1]. Streams: only the
         float64 sums Σx and Σxxᵀ are kept, never all training features."""
         C = self.backbone.channels
+        device = self.mean.device
         n, total, outer = (
             0,
-            torch.zeros(C, dtype=torch.float64),
-            torch.zeros(C, C, dtype=torch.float64),
+            torch.zeros(C, dtype=torch.float64, device=device),
+            torch.zeros(C, C, dtype=torch.float64, device=device),
         )
         for chunk in images.split(batch):
             flat = self.backbone(chunk).transpose(0, 1).reshape(C, -1).double()
@@ -411,7 +414,8 @@ class PretrainedEncoder(nn.Module):
         order = torch.argsort(values, descending=True)[: self.reduced]
         values, vectors = values[order].clamp(min=0), vectors[:, order]
         # A sign convention makes the fit deterministic across LAPACK builds.
-        signs = torch.sign(vectors[vectors.abs().argmax(0), torch.arange(self.reduced)])
+        columns = torch.arange(self.reduced, device=device)
+        signs = torch.sign(vectors[vectors.abs().argmax(0), columns])
         vectors = vectors * signs
         scale = values.mean().clamp(min=1e-12).sqrt()
         self.projection.copy_((vectors.T / scale).float())

@@ -50,7 +50,7 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma == 0:
         return maps
     radius = max(int(4 * sigma + 0.5), 1)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
     lead, (H, W) = maps.shape[:-2], maps.shape[-2:]

@@ -100,39 +100,50 @@ class VALDMTrainer:
         neighbors: torch.Tensor,
     ) -> None:
         self.model, self.config = model, config
-        self.homography, self.neighbors = homography, neighbors
+        # Everything lives on the model's device: the geometry, the null text, the noise.
+        self.device = next(model.parameters()).device
+        self.homography = homography.to(self.device)
+        self.neighbors = neighbors.to(self.device)
+        # The view pairs, read once (a device tensor would be synchronised on every step).
+        self._has_pairs = bool((neighbors >= 0).any())
         self.scheduler = ddim_scheduler(config.num_train_timesteps)
         cross_dim = model.unet.config.cross_attention_dim
-        # The learned null text embedding the UNet is conditioned on (no text encoder).
-        self.null_text = nn.Parameter(
-            torch.randn(1, 1, cross_dim, generator=self._seeded(1)) * 0.02
-        )
+        # The learned null text embedding the UNet is conditioned on (no text encoder). Drawn
+        # on the CPU, so that it starts the same on every device.
+        init = torch.randn(1, 1, cross_dim, generator=self._seeded(1)) * 0.02
+        self.null_text = nn.Parameter(init.to(self.device))
         params = [*model.parameters(), self.null_text]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.generator = self._seeded(0)
+        # The training draws (samples, timesteps, noise) come from a generator on the device.
+        self.generator = self._seeded(0, self.device)
+        # fp16 autocast needs loss scaling (its gradients underflow); bf16 and float32 do not.
+        fp16 = getattr(model, "autocast", "none") == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16) if fp16 else None
         self.step = 0
 
-    def _seeded(self, offset: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.seed * 1000 + offset)
+    def _seeded(self, offset: int, device: torch.device | None = None) -> torch.Generator:
+        return make_generator(device).manual_seed(self.config.seed * 1000 + offset)
 
     def losses(
         self, latents: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, denoise, refine) for clean latents (B, M, C, h, w)."""
         B, M = latents.shape[:2]
-        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+        device = latents.device
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype, device=device)
         T = self.config.num_train_timesteps
         if self.config.view_timesteps == "shared":  # the views are noised as one scene
-            t = torch.randint(0, T, (B,), generator=generator).repeat_interleave(M)
+            t = torch.randint(0, T, (B,), generator=generator, device=device)
+            t = t.repeat_interleave(M)
         else:
-            t = torch.randint(0, T, (B * M,), generator=generator)
+            t = torch.randint(0, T, (B * M,), generator=generator, device=device)
         noisy = self.scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), t)
         text = self.null_text.expand(B * M, -1, -1)
         pred, features = self.model(
             noisy, t, text, views=M, homography=self.homography, neighbors=self.neighbors
         )
         denoise = F.mse_loss(pred, noise.flatten(0, 1))  # eq. 8
-        if bool((self.neighbors >= 0).any()):
+        if self._has_pairs:
             refine = refine_loss(
                 features,
                 self.homography,
@@ -150,13 +161,21 @@ class VALDMTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         cfg = self.config
         logs = {"loss": 0.0, "denoise": 0.0, "refine": 0.0}
+        latents = latents.to(self.device)
         for _ in range(cfg.grad_accumulation):
-            idx = torch.randint(0, latents.shape[0], (cfg.batch_size,), generator=self.generator)
+            idx = torch.randint(
+                0, latents.shape[0], (cfg.batch_size,), generator=self.generator, device=self.device
+            )
             total, denoise, refine = self.losses(latents[idx], self.generator)
-            (total / cfg.grad_accumulation).backward()
+            loss = total / cfg.grad_accumulation
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             for key, value in zip(logs, (total, denoise, refine), strict=True):
                 logs[key] += value.detach().item() / cfg.grad_accumulation
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when the scaled gradients overflowed, and adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.step += 1
         return logs
 
@@ -205,7 +224,7 @@ class VALDMTrainer:
         # safetensors stores each tensor once: shared storage (tied weights) is copied apart.
         seen, out = set(), {}
         for name, value in tensors.items():
-            value = value.detach().contiguous()
+            value = value.detach().cpu().contiguous()  # written from the CPU
             if value.numel() and value.data_ptr() in seen:
                 value = value.clone()
             seen.add(value.data_ptr())
@@ -222,6 +241,9 @@ class VALDMTrainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
+            # A generator's state only restores a generator of the same device type.
+            "generator_device": self.device.type,
+            "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
             "config": asdict(self.config),
             "optimizer": {
                 "param_groups": optimizer["param_groups"],
@@ -245,6 +267,13 @@ class VALDMTrainer:
         """Restores what save_checkpoint wrote; training then continues bit for bit as if it
         had never stopped. Anything but a vsad safetensors checkpoint is refused unread."""
         meta, tensors = _read_checkpoint(Path(path))
+        saved_device = meta.get("generator_device", "cpu")  # older checkpoints: CPU training
+        if saved_device != self.device.type:
+            raise ValueError(
+                f"checkpoint: '{path}' was written training on {saved_device}, expected "
+                f"{self.device.type} (this run's device); resume on {saved_device}, or delete "
+                "the checkpoint to train from scratch"
+            )
         model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model)
         with torch.no_grad():
@@ -269,11 +298,19 @@ class VALDMTrainer:
         ]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         self.generator.set_state(tensors["generator"])
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         self.step = int(meta["step"])
 
 
 CHECKPOINT_FORMAT = 1
 METADATA_KEY = "vsad_checkpoint"
+
+
+def make_generator(device: torch.device | None = None) -> torch.Generator:
+    """A torch.Generator on `device` (the CPU by default); the random draws of training use
+    one on the model's device. (The device tests replace it: a stand-in device has none.)"""
+    return torch.Generator() if device is None else torch.Generator(device=device)
 
 
 def _read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -8,6 +8,7 @@ relate them; calling the wrapped UNet directly gives the plain UNet.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,8 @@ from vsad.model.frm import FRM
 from vsad.model.mvam import MVAM
 
 PLACEMENTS = ("block", "resnet")
+#: The `autocast` setting -> the dtype the UNet runs in under torch.autocast (None: float32).
+AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def feature_grid_homography(homography: torch.Tensor, stride: float) -> torch.Tensor:
@@ -47,6 +50,8 @@ class ViewAlignedUNet(nn.Module):
         head_dim: channels per MVAM attention head (heads = channels // head_dim, at least 1).
         use_mvam, use_frm: ablation switches (the paper's "w/o MVAM" / "w/o FRM").
         placement: "block" (after each up block) or "resnet" (after each ResBlock of the decoder).
+        autocast: "none" (float32), "bf16" or "fp16": the UNet runs under torch.autocast on the
+            device of its input; the predicted noise and the features come back as float32.
     """
 
     def __init__(
@@ -59,10 +64,16 @@ class ViewAlignedUNet(nn.Module):
         use_frm: bool = True,
         placement: str = "block",
         backend: str | None = None,
+        autocast: str = "none",
     ) -> None:
         super().__init__()
         if placement not in PLACEMENTS:
             raise ValueError(f"placement: got {placement!r}, expected one of {PLACEMENTS}")
+        if autocast not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast: got {autocast!r}, expected one of {tuple(AUTOCAST_DTYPES)}"
+            )
+        self.autocast = autocast
         self.unet = unet
         self.placement = placement
         targets = self._targets(unet, placement)
@@ -119,11 +130,19 @@ class ViewAlignedUNet(nn.Module):
         self._context = _ViewContext(views, homography, neighbors, sample.shape[-2])
         self._features = []
         try:
-            noise = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states).sample
+            with self._autocast(sample.device):
+                noise = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+            noise = noise.sample.float()  # float32 already, unless autocast
         finally:
             self._context = None
         features, self._features = self._features, []
         return noise, features
+
+    def _autocast(self, device: torch.device):
+        dtype = AUTOCAST_DTYPES[self.autocast]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
 
     def _make_hook(self, level: int):
         def hook(module, inputs, output):
@@ -138,7 +157,7 @@ class ViewAlignedUNet(nn.Module):
                 hom = feature_grid_homography(ctx.homography, stride)
                 x = self.mvam[level](x, hom, ctx.neighbors)
             x = self.frm[level](x)
-            self._features.append(x)
+            self._features.append(x.float())  # float32 already, unless autocast
             refined = x.reshape(n, c, h, w)
             return (refined, *output[1:]) if isinstance(output, tuple) else refined
 
