@@ -151,3 +151,22 @@ def test_cli_errors_name_the_problem(realiad_root, tmp_path, capsys):
     assert "bank_mode: got 'nearest'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no run.json"):
         main(["test", "--run", str(tmp_path / "missing")])
+
+
+def test_predict_a_realiad_sample_folder_with_its_masks_beside(realiad_root, tmp_path, capsys):
+    """A defective Real-IAD sample folder holds `<stem>.png` masks next to `<stem>.jpg`
+    views: predict takes the five views, not the masks."""
+    from vsad.data import open_dataset
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(realiad_root), "--category", "toy", "--out", str(run)]
+    assert main([*args, "--model", "patchknn", "--quiet", "image_size=64"]) == 0
+    test = open_dataset(realiad_root, "toy", "test")
+    defective = next(r for r in test.records if any(m is not None for m in r.mask_paths))
+    folder = defective.image_paths[0].parent
+    inside = sorted(p.suffix for p in folder.iterdir())
+    assert ".png" in inside and len(inside) > 5  # masks really are beside the views
+    assert main(["predict", "--run", str(run), str(folder), "--out", str(tmp_path / "p")]) == 0
+    predictions = json.loads((tmp_path / "p" / "predictions.json").read_text())["predictions"]
+    assert len(predictions) == 1 and len(predictions[0]["view_scores"]) == 5
+    assert folder.name in capsys.readouterr().out

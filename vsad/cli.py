@@ -262,6 +262,20 @@ def _test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_masks(files: list[Path]) -> list[Path]:
+    """A Real-IAD sample folder keeps each defect mask beside its view: `<stem>.png` next to
+    `<stem>.jpg`, or `<stem>_mask.png` (vsad.data.write_realiad with PNG images). Those are
+    not views."""
+    stems = {p.stem for p in files if p.suffix.lower() != ".png"}
+    names = {p.stem for p in files}
+    return [
+        p
+        for p in files
+        if not (p.suffix.lower() == ".png" and p.stem in stems)
+        and not (p.stem.endswith("_mask") and p.stem[: -len("_mask")] in names)
+    ]
+
+
 def _group(paths: list[Path], views: int) -> list[tuple[str, list[Path]]]:
     """(sample name, view files): a folder is one sample (its images in natural order); loose
     files are taken `views` at a time."""
@@ -276,7 +290,7 @@ def _group(paths: list[Path], views: int) -> list[tuple[str, list[Path]]]:
                 (p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
                 key=lambda p: natural_key(p.name),
             )
-            groups.append((path.name, inside))
+            groups.append((path.name, _without_masks(inside)))
         elif not path.is_file():
             raise FileNotFoundError(f"images: '{path}' does not exist")
         else:
