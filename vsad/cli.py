@@ -138,6 +138,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"--nproc: got {args.nproc}, expected an integer >= 1")
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from vsad.distributed.launch import relaunch_with_torchrun
+
+        return relaunch_with_torchrun(args.nproc, args.argv)
     cls = _detector_class(args.model)
     config = cls.config_class.from_file(args.config) if args.config else cls.config_class()
     config = config.with_overrides(args.overrides)
@@ -145,6 +151,8 @@ def _train(args: argparse.Namespace) -> int:
         config = config.with_overrides({"device": args.device})
     detector = cls(config)
     detector.device  # noqa: B018 - a device this machine lacks fails before anything is read
+    if "WORLD_SIZE" in os.environ:  # under torchrun (or --nproc): vsad.distributed
+        return _train_distributed(args, cls, config, detector)
     train = _open(args, "train")
     if len(train) == 0:
         raise SystemExit(
@@ -194,6 +202,71 @@ def _train(args: argparse.Namespace) -> int:
         },
     )
     print(f"fitted in {seconds:.0f} s; model saved to {run / 'model'}")
+    return 0
+
+
+def _train_distributed(args, cls, config, detector) -> int:
+    """`vsad train` on every rank of a torchrun job: DDP training of the UNet, the memory bank
+    built sharded (each rank extracts its block of the training samples), rank 0 writes the
+    single-process run folder (model/, run.json; checkpoints/ resumable by any world size)."""
+    import torch.distributed as dist
+
+    from vsad.distributed.bank import fit_sharded, save_sharded_detector
+    from vsad.distributed.launch import init_from_env
+    from vsad.distributed.training import DistributedVALDMTrainer
+
+    rank, world = init_from_env(device=config.device)
+    try:
+        train = _open(args, "train")
+        if len(train) == 0:
+            raise SystemExit(
+                f"vsad train: the train split of {args.category!r} in {args.data} is empty"
+            )
+        if args.max_train:
+            from torch.utils.data import Subset
+
+            train = Subset(train, range(min(args.max_train, len(train))))
+        run = Path(args.out)
+        if rank == 0:
+            run.mkdir(parents=True, exist_ok=True)
+            print(f"training {cls.kind} on {len(train)} samples of {args.category!r} -> {run} "
+                  f"on {world} processes")  # fmt: skip
+        dist.barrier()
+        start = time.perf_counter()
+        fit_args = {"progress": not args.quiet and rank == 0}
+        if cls.kind == "VSAD":
+            detector.trainer_class = DistributedVALDMTrainer
+            fit_args.update(work_dir=run / "checkpoints", homographies=args.homographies)
+        fit_sharded(detector, train, **fit_args)
+        seconds = time.perf_counter() - start
+        save_sharded_detector(detector, run / "model")
+        if rank == 0:
+            _write_json(
+                run / "run.json",
+                {
+                    "command": sys.argv,
+                    "detector": cls.kind,
+                    "config": config.to_dict(),
+                    "data": {
+                        "root": str(Path(args.data).resolve()),
+                        "format": args.format,
+                        "category": args.category,
+                        "image_size": args.image_size,
+                        "train_samples": len(train),
+                    },
+                    "fit_seconds": seconds,
+                    "world_size": world,
+                    "losses": getattr(detector, "history", [])[-1:],
+                    "versions": _versions(),
+                    "backends": vsad.backends(),
+                    "machine": _machine(),
+                },
+            )
+            print(f"fitted in {seconds:.0f} s on {world} processes; model saved to {run / 'model'}")
+        dist.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
@@ -403,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--homographies", help="file with the views' homographies (else estimated)")
     train.add_argument("--max-train", type=int, help="use only the first N training samples")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        help="train on N local processes (starts torchrun; under torchrun itself not needed)",
+    )
     _add_device_argument(train, "training", "the config's device, cpu")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.set_defaults(func=_train)
@@ -474,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `vsad train --nproc N`
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

@@ -191,9 +191,17 @@ class BankDetector:
         self.banks = self._new_banks()
         batch = self.config.batch_size
         bar = tqdm(total=len(stacked), desc="memory bank", disable=not progress)
+        # Samples this process keeps in its bank: all, or one rank's block (vsad.distributed);
+        # batches keep their single-process boundaries, so the features are the same.
+        first, last = self._bank_sample_range(len(stacked))
         for start in range(0, len(stacked), batch):
             chunk = stacked[start : start + batch]
-            self.banks.add(self._features(chunk))
+            lo, hi = max(first, start) - start, min(last, start + len(chunk)) - start
+            if lo < hi:
+                features = self._features(chunk)
+                if (lo, hi) != (0, len(chunk)):
+                    features = [f[lo:hi] for f in features]
+                self.banks.add(features)
             bar.update(len(chunk))
         bar.close()
         from vsad.detector.calibration import MIN_LOO_SAMPLES, calibrate_on_training
@@ -229,6 +237,11 @@ class BankDetector:
 
     def _raw_samples_needed(self) -> int:
         return 0
+
+    def _bank_sample_range(self, samples: int) -> tuple[int, int]:
+        """The training samples [lo, hi) whose features this process adds to its bank (a
+        hook for vsad.distributed.bank.fit_sharded)."""
+        return 0, samples
 
     def _new_banks(self) -> FeatureBanks:
         c = self.config
@@ -417,7 +430,7 @@ class BankDetector:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str = "cpu") -> BankDetector:
+    def load(cls, directory: str | Path, *, device: str = "cpu", banks_loader=None) -> BankDetector:
         """Loads what save() wrote onto `device` ("cpu" by default, "cuda", "cuda:N"; the
         device a model was fitted on is not saved). On the device it was saved from, scores
         are bit-identical to the saved detector's."""
@@ -456,9 +469,12 @@ class BankDetector:
         detector.num_views, detector.view_size = meta["num_views"], tuple(meta["view_size"])
         weights = directory / WEIGHTS_FILE
         detector._load_state(load_file(weights) if weights.is_file() else {}, meta)
-        detector.banks = FeatureBanks.from_tensors(
-            meta["banks"], load_file(directory / BANK_FILE), device=resolved
-        )
+        if banks_loader is None:
+            detector.banks = FeatureBanks.from_tensors(
+                meta["banks"], load_file(directory / BANK_FILE), device=resolved
+            )
+        else:  # e.g. vsad.distributed.bank.sharded_banks_loader: (settings, path, device)
+            detector.banks = banks_loader(meta["banks"], directory / BANK_FILE, resolved)
         from vsad.detector.calibration import warn_uncalibrated
         from vsad.detector.thresholds import check_thresholds
 

@@ -45,6 +45,8 @@ class VSAD(BankDetector):
 
     config_class = VSADConfig
     kind = "VSAD"
+    #: The UNet trainer (vsad.distributed.training.DistributedVALDMTrainer under torchrun).
+    trainer_class = VALDMTrainer
 
     def __init__(self, config: VSADConfig | dict | None = None) -> None:
         super().__init__(config)
@@ -181,7 +183,9 @@ class VSAD(BankDetector):
         latents = torch.cat([self.encoder.encode(chunk.flatten(0, 1)) for chunk in images.split(8)])
         latents = latents.reshape(S, M, *latents.shape[1:])
         hom, neighbors = self._latent_homography(latents.shape[-2:])
-        trainer = VALDMTrainer(self.model, self.config.train, homography=hom, neighbors=neighbors)
+        trainer = self.trainer_class(
+            self.model, self.config.train, homography=hom, neighbors=neighbors
+        )
         checkpoints = Path(work_dir) if work_dir is not None else None
         self.history = trainer.fit(latents, checkpoints, progress=progress)
         self.null_text = trainer.null_text.detach().clone()

@@ -128,6 +128,14 @@ class VALDMTrainer:
         self, latents: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, denoise, refine) for clean latents (B, M, C, h, w)."""
+        noise, t = self.draw_noise(latents, generator)
+        return self.loss_terms(latents, noise, t)
+
+    def draw_noise(
+        self, latents: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random draws of one micro-batch (B, M, C, h, w): noise shaped like it and the
+        timesteps (B·M,), sample-major (vsad.distributed.training splits them by sample)."""
         B, M = latents.shape[:2]
         device = latents.device
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype, device=device)
@@ -137,6 +145,13 @@ class VALDMTrainer:
             t = t.repeat_interleave(M)
         else:
             t = torch.randint(0, T, (B * M,), generator=generator, device=device)
+        return noise, t
+
+    def loss_terms(
+        self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, denoise, refine) for clean latents (B, M, C, h, w) with given draws."""
+        B, M = latents.shape[:2]
         noisy = self.scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1), t)
         text = self.null_text.expand(B * M, -1, -1)
         pred, features = self.model(
