@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import time
@@ -31,12 +32,26 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _warm_up(views: int, D: int, cells: int, mode: str) -> float:
+    """Peak RSS after a one-sample bank was built and searched in this process: what every
+    process pays whatever the bank (the first custom-op call imports torch._dynamo, ~150 MB;
+    the kernels' thread pools), so peak − this is what the bank itself costs."""
+    from vsad.memory.feature_banks import FeatureBanks
+
+    banks = FeatureBanks(mode, radius=2, normalization="none")
+    banks.add([_sample_features(0, views, D, cells, cells)])
+    banks.finalize()
+    banks.search([_sample_features(1, views, D, cells, cells)])
+    return _peak_rss_mb()
+
+
 def bank_worker(samples: int, views: int, D: int, cells: int, tests: int, batch: int, mode: str):
     from vsad.distributed import rank_and_world, shard_range
     from vsad.distributed.bank import ShardedFeatureBanks
 
     rank, world = rank_and_world()
     before = _peak_rss_mb()
+    warm = _warm_up(views, D, cells, mode)
     banks = ShardedFeatureBanks(mode, radius=2, normalization="none")
     lo, hi = shard_range(samples, rank, world)
     for s in range(lo, hi):
@@ -69,7 +84,36 @@ def bank_worker(samples: int, views: int, D: int, cells: int, tests: int, batch:
     return {
         "rank": rank, "world": world, "build_s": build, "search_s": search,
         "bank_shard_mb": bank_mb, "peak_rss_mb": _peak_rss_mb(), "rss_at_start_mb": before,
+        "rss_warm_mb": warm, "peak_above_warm_mb": _peak_rss_mb() - warm,
         "sent_per_test_sample_bytes": (world - 1) * q_bytes + 2 * (world - 1) / world * d_bytes,
+    }  # fmt: skip
+
+
+def coreset_worker(samples: int, views: int, D: int, cells: int, ratio: float):
+    """A global per-view bank reduced to its greedy k-center coreset, selected collectively:
+    build time, peak RSS and an order-sensitive checksum of the kept rows (the same for every
+    world size when the selection is the one process's)."""
+    from vsad.distributed import rank_and_world, shard_range
+    from vsad.distributed.bank import ShardedFeatureBanks
+
+    rank, world = rank_and_world()
+    before = _peak_rss_mb()
+    banks = ShardedFeatureBanks("global", coreset_ratio=ratio, normalization="none")
+    lo, hi = shard_range(samples, rank, world)
+    for s in range(lo, hi):
+        banks.add([_sample_features(s, views, D, cells, cells)])
+    start = time.perf_counter()
+    banks.finalize()
+    build = time.perf_counter() - start
+    checksum, kept = 0.0, 0
+    for key, bank in banks.shard._global.items():
+        rows = bank.features.double()
+        position = banks._offset[key] + torch.arange(1, rows.shape[0] + 1, dtype=torch.float64)
+        checksum += float((rows.sum(1) * position).sum())
+        kept += rows.shape[0]
+    return {
+        "rank": rank, "world": world, "coreset_build_s": build, "kept_rows": kept,
+        "checksum": checksum, "peak_rss_mb": _peak_rss_mb(), "rss_at_start_mb": before,
     }  # fmt: skip
 
 
@@ -91,36 +135,74 @@ def eval_worker(model_dir: str, category: dict):
     }  # fmt: skip
 
 
-def run(samples: int, ranks: list[int], tests: int, eval_samples: int) -> list[dict]:
-    from vsad.distributed import run_workers
+BENCHES = ("bank_search", "coreset", "evaluate")
 
-    rows = []
-    for world in ranks:
-        out = run_workers(bank_worker, world, samples, 5, 64, 16, tests, 4, "local", timeout=600)
-        for r in out:
-            print(json.dumps({"bench": "bank_search", "samples": samples, **r}), flush=True)
-        rows += out
+
+def run(
+    samples: int,
+    ranks: list[int],
+    tests: int,
+    eval_samples: int,
+    coreset_samples: int,
+    benches: tuple[str, ...] = BENCHES,
+) -> list[dict]:
+    """The benchmarks named for every world size; one dict per rank, printed as JSON lines."""
     import tempfile
 
     from vsad.data.synthetic import make_category
     from vsad.detector import PatchKNN, PatchKNNConfig
+    from vsad.distributed import run_workers
 
+    rows = []
+
+    def record(bench: str, size: int, out: list[dict]) -> None:
+        for r in out:
+            rows.append({"bench": bench, "samples": size, **r})
+            print(json.dumps(rows[-1]), flush=True)
+
+    for world in ranks if "bank_search" in benches else []:
+        out = run_workers(bank_worker, world, samples, 5, 64, 16, tests, 4, "local", timeout=600)
+        record("bank_search", samples, out)
+    for world in ranks if "coreset" in benches else []:
+        out = run_workers(coreset_worker, world, coreset_samples, 5, 64, 16, 0.1, timeout=1800)
+        record("coreset", coreset_samples, out)
+    if "evaluate" not in benches:
+        return rows
     category = dict(n_train=eval_samples, n_test=eval_samples, n_views=5, image_size=96, seed=2)
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
         config = PatchKNNConfig(image_size=64, batch_size=4)
         PatchKNN(config).fit(make_category(**category).train, progress=False).save(model)
         for world in ranks:
-            out = run_workers(eval_worker, world, str(model), category, timeout=600)
-            for r in out:
-                print(json.dumps({"bench": "evaluate", "samples": eval_samples, **r}), flush=True)
-            rows += out
+            record(
+                "evaluate",
+                eval_samples,
+                run_workers(eval_worker, world, str(model), category, timeout=600),
+            )
     return rows
 
 
+def _per_world(rows: list[dict], bench: str, key: str, *, rank0: bool = False) -> dict:
+    """{world: `key` summed over that world's ranks (or rank 0's)} of one benchmark."""
+    out: dict[int, float] = {}
+    for r in rows:
+        if r["bench"] == bench and (not rank0 or r["rank"] == 0):
+            out[r["world"]] = out.get(r["world"], 0.0) + r[key]
+    return out
+
+
 def test_distributed_scaling_smoke():
-    rows = run(samples=24, ranks=[1, 2], tests=8, eval_samples=6)
+    rows = run(samples=24, ranks=[1, 2], tests=8, eval_samples=6, coreset_samples=6)
     assert {r["world"] for r in rows} == {1, 2}
+    # Correctness before any figure: the same coreset and the same metrics for every world.
+    kept = _per_world(rows, "coreset", "kept_rows")
+    assert kept[1] == kept[2]
+    # Summed over ranks in another order: equal to rounding; another selection is far off.
+    checksum = _per_world(rows, "coreset", "checksum")
+    assert math.isclose(checksum[1], checksum[2], rel_tol=1e-12)
+    for key in ("S-AUROC", "P-AUROC"):
+        got = _per_world(rows, "evaluate", key, rank0=True)
+        assert got[1] == got[2], key
 
 
 if __name__ == "__main__":
@@ -128,6 +210,9 @@ if __name__ == "__main__":
     parser.add_argument("--samples", type=int, default=1000, help="five-view bank samples")
     parser.add_argument("--tests", type=int, default=48, help="test samples searched")
     parser.add_argument("--eval-samples", type=int, default=24)
+    parser.add_argument("--coreset-samples", type=int, default=200)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--benches", nargs="+", default=list(BENCHES), choices=BENCHES)
     args = parser.parse_args()
-    run(args.samples, args.ranks, args.tests, args.eval_samples)
+    run(args.samples, args.ranks, args.tests, args.eval_samples, args.coreset_samples,
+        tuple(args.benches))  # fmt: skip

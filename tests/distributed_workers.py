@@ -26,6 +26,24 @@ def memory_bank_search(features, queries, path):
     return d, i, d2, i2, dict(SEARCH_STATS), bank.rows.shape[0]
 
 
+def sharded_coreset(features, n, per_sample, projection_dim):
+    """This rank's block of whole samples through the collective k-center selection."""
+    from vsad.distributed.coreset import kcenter_greedy_sharded
+
+    rank, world = rank_and_world()
+    samples = features.shape[0] // per_sample
+    lo, hi = shard_range(samples, rank, world)
+    return kcenter_greedy_sharded(
+        features[lo * per_sample : hi * per_sample],
+        n,
+        offset=lo * per_sample,
+        total=features.shape[0],
+        seed=4,
+        projection_dim=projection_dim,
+        tile=per_sample,
+    )
+
+
 def feature_banks(settings, train, test, batch, path):
     """Sharded FeatureBanks built from this rank's block of `train` (list per level of
     (S, M, D, h, w)), searched with this rank's block of `test`; saved, reloaded, searched."""

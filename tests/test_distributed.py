@@ -70,11 +70,15 @@ CASES = {
     "local": dict(mode="local", radius=1, per_view=True, normalization="position"),
     "global-pooled": dict(mode="global", per_view=False, normalization="position"),
     "global-coreset": dict(mode="global", per_view=True, coreset_ratio=0.4, normalization="none"),
+    "pooled-coreset": dict(
+        mode="global", per_view=False, coreset_ratio=0.3, normalization="position"
+    ),
 }
 
 
 @pytest.mark.parametrize(("case", "world"), [("local", 2), ("local", 3), ("global-pooled", 3),
-                                             ("global-coreset", 2)])  # fmt: skip
+                                             ("global-coreset", 2), ("global-coreset", 3),
+                                             ("pooled-coreset", 2)])  # fmt: skip
 def test_sharded_feature_banks_are_identical_to_one_process(case, world, rng, tmp_path):
     settings = CASES[case]
     shapes = [(6, 5, 4), (3, 3, 3)]
@@ -117,7 +121,43 @@ def test_sharded_feature_banks_are_identical_to_one_process(case, world, rng, tm
         assert torch.equal(results[0]["tensors"][name], t), name
     assert results[0]["settings"] == single.settings()
     assert sum(r["rows"] for r in results) == len(single)
+    # Each rank holds whole samples' rows (a coreset: ⌈rows / world⌉ of every bank), never more.
+    assert max(r["rows"] for r in results) <= len(single) * math.ceil(7 / world) / 7
     assert all(r["tensors"] is None for r in results[1:])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_coreset_selects_the_single_process_rows(world, rng):
+    """Greedy k-center over sample blocks spread over the ranks: the same rows, in the same
+    order, as one process (projection included), each rank keeping its part of the result."""
+    from vsad.ops.coreset import kcenter_greedy
+
+    per_sample, samples, D = 12, 7, 160  # D > 128: the random projection is used
+    feat = torch.randn(samples * per_sample, D, generator=rng)
+    feat[30:42] = feat[:12]  # duplicate rows: equal distances, the lowest index wins
+    n = 40
+    want = kcenter_greedy(feat, n, seed=4, projection_dim=128, tile=per_sample)
+    results = run_workers(workers.sharded_coreset, world, feat, n, per_sample, 128, timeout=TIMEOUT)
+    for selected, _ in results:
+        assert torch.equal(selected, want)
+    kept = torch.cat([k for _, k in results])
+    assert torch.equal(kept, feat[want])
+    assert max(k.shape[0] for _, k in results) == -(-n // world)
+
+
+def test_sharded_coreset_errors_name_the_argument(rng):
+    from vsad.distributed.coreset import kcenter_greedy_sharded
+
+    rows = torch.randn(8, 3, generator=rng)
+    with pytest.raises(ValueError, match="offset: got 3"):
+        kcenter_greedy_sharded(rows, 2, offset=3, total=8, tile=4)
+    with pytest.raises(ValueError, match="n: got 9"):
+        kcenter_greedy_sharded(rows, 9, offset=0, total=8, tile=4)
+    with pytest.raises(ValueError, match="cover 12 rows"):
+        kcenter_greedy_sharded(rows, 2, offset=0, total=12, tile=4)
+    rows[5, 1] = float("nan")
+    with pytest.raises(ValueError, match="row 5 contains NaN"):
+        kcenter_greedy_sharded(rows, 2, offset=0, total=8, tile=4)
 
 
 CATEGORY = dict(n_train=6, n_test=7, n_views=3, image_size=48, seed=11, defect_rate=0.5)
@@ -265,7 +305,7 @@ def test_errors_name_the_argument():
         shard_range(4, 2, 2)
 
 
-def _vsad_train(args: list[str], timeout: int = 240) -> None:
+def _vsad(command: str, args: list[str], timeout: int = 240) -> None:
     import os
     import subprocess
     import sys
@@ -273,7 +313,7 @@ def _vsad_train(args: list[str], timeout: int = 240) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     env.pop("WORLD_SIZE", None)
     done = subprocess.run(
-        [sys.executable, "-m", "vsad", "train", *args], env=env, timeout=timeout,
+        [sys.executable, "-m", "vsad", command, *args], env=env, timeout=timeout,
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -288,7 +328,7 @@ def realiad_root(tmp_path_factory):
     return root
 
 
-def test_cli_train_nproc_2_writes_the_single_process_model(realiad_root, tmp_path):
+def test_cli_train_and_test_nproc_2_give_the_single_process_results(realiad_root, tmp_path):
     import json
 
     from safetensors.torch import load_file
@@ -297,7 +337,7 @@ def test_cli_train_nproc_2_writes_the_single_process_model(realiad_root, tmp_pat
 
     data = ["--data", str(realiad_root), "--category", "toy", "--quiet", "--model", "patchknn"]
     assert main(["train", *data, "--out", str(tmp_path / "one"), "image_size=48"]) == 0
-    _vsad_train([*data, "--out", str(tmp_path / "two"), "--nproc", "2", "image_size=48"])
+    _vsad("train", [*data, "--out", str(tmp_path / "two"), "--nproc", "2", "image_size=48"])
     one, two = (load_file(tmp_path / r / "model" / "bank.safetensors") for r in ("one", "two"))
     assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
     meta = [
@@ -305,6 +345,17 @@ def test_cli_train_nproc_2_writes_the_single_process_model(realiad_root, tmp_pat
     ]
     assert meta[0]["thresholds"] == meta[1]["thresholds"]
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    # vsad test --nproc 2: the bank sharded over two processes, rank 0 writes the results of
+    # one process.
+    run = ["--run", str(tmp_path / "one"), "--quiet"]
+    assert main(["test", *run, "--out", str(tmp_path / "test1")]) == 0
+    _vsad("test", [*run, "--out", str(tmp_path / "test2"), "--nproc", "2"])
+    got = [json.loads((tmp_path / t / "metrics.json").read_text()) for t in ("test1", "test2")]
+    assert got[0]["metrics"] == got[1]["metrics"]
+    assert got[0]["decisions"] == got[1]["decisions"]
+    scores = [(tmp_path / t / "scores.csv").read_text() for t in ("test1", "test2")]
+    assert scores[0] == scores[1]
+    assert (tmp_path / "test2" / "report.html").is_file()
 
 
 def test_cli_train_nproc_2_trains_the_unet_pipeline(realiad_root, tmp_path):
@@ -315,7 +366,7 @@ def test_cli_train_nproc_2_trains_the_unet_pipeline(realiad_root, tmp_path):
     tiny = ["encoder=unshuffle", "image_size=64", "feature_levels=[-2,-1]", "latent_level=false",
             "train.steps=2", "train.checkpoint_every=1", "inversion_steps=1"]  # fmt: skip
     data = ["--data", str(realiad_root), "--category", "toy", "--quiet"]
-    _vsad_train([*data, "--out", str(run), "--nproc", "2", *tiny])
+    _vsad("train", [*data, "--out", str(run), "--nproc", "2", *tiny])
     assert (run / "checkpoints" / "checkpoint.safetensors").is_file()
     detector = load_detector(run / "model")
     assert detector.model is not None and len(detector.banks) > 0

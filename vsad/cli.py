@@ -137,13 +137,22 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _relaunch(args: argparse.Namespace) -> int | None:
+    """`--nproc N` (N > 1) outside torchrun: the command's exit status after running it on N
+    local processes under torchrun; None when this process should do the work itself."""
     if args.nproc is not None and args.nproc < 1:
         raise ValueError(f"--nproc: got {args.nproc}, expected an integer >= 1")
     if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from vsad.distributed.launch import relaunch_with_torchrun
 
         return relaunch_with_torchrun(args.nproc, args.argv)
+    return None
+
+
+def _train(args: argparse.Namespace) -> int:
+    status = _relaunch(args)
+    if status is not None:
+        return status
     cls = _detector_class(args.model)
     config = cls.config_class.from_file(args.config) if args.config else cls.config_class()
     config = config.with_overrides(args.overrides)
@@ -293,8 +302,6 @@ def _run_info(run: Path) -> dict:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from vsad.detector.evaluate import evaluate_detector, print_table
-
     run = Path(args.run)
     info = _run_info(run)
     data = info["data"]
@@ -307,23 +314,35 @@ def _test(args: argparse.Namespace) -> int:
         )
     if args.image_size is None:
         args.image_size = data.get("image_size")
+    status = _relaunch(args)  # after the checks above, which are the same on every rank
+    if status is not None:
+        return status
+    if "WORLD_SIZE" in os.environ:  # under torchrun (or --nproc): vsad.distributed
+        return _test_distributed(args, run, info)
     detector = _load(run / "model", args)
     test = _open(args, "test")
-    out = Path(args.out) if args.out else run / "test" / args.category
-    timings: dict = {}
-    decisions: dict = {}
     start = time.perf_counter()
+    _evaluate_and_report(args, run, info, detector, test, start)
+    return 0
+
+
+def _evaluate_and_report(args, run: Path, info: dict, detector, test, start, predictions=None):
+    from vsad.detector.evaluate import evaluate_detector, print_table
+
+    out = Path(args.out) if args.out else run / "test" / args.category
+    decisions: dict = {}
     metrics = evaluate_detector(
         detector,
         test,
         out,
         overlays=args.overlays,
         progress=not args.quiet,
-        timings=timings,
+        timings={},
         decisions=decisions,
         worst=args.worst,
         run_config=info,
         title=f"{args.category} — {type(detector).__name__} ({run})",
+        predictions=predictions,
     )
     print_table(metrics, args.category)
     print(evaluation_line(decisions or None))
@@ -332,6 +351,35 @@ def _test(args: argparse.Namespace) -> int:
         "(report.html, metrics.json, metrics.csv, metrics.md, scores.csv, roc.png, curves.png, "
         "scores_hist.png, overlays/)"
     )
+
+
+def _test_distributed(args: argparse.Namespace, run: Path, info: dict) -> int:
+    """`vsad test` on every rank of a torchrun job: each rank loads its slice of the memory
+    bank, the test batches are spread over the ranks (searches collective), and rank 0
+    evaluates them in sample order and writes the single-process results folder."""
+    import torch.distributed as dist
+
+    from vsad.distributed.bank import load_sharded_detector
+    from vsad.distributed.evaluate import iter_sharded_predictions
+    from vsad.distributed.launch import init_from_env
+
+    device = args.device or "cpu"
+    rank, world = init_from_env(device=device)
+    try:
+        detector = load_sharded_detector(run / "model", device=device)
+        test = _open(args, "test")
+        start = time.perf_counter()
+        stream = iter_sharded_predictions(detector, test, progress=not args.quiet)
+        if rank == 0:
+            print(f"testing {len(test)} samples on {world} processes")
+            _evaluate_and_report(args, run, info, detector, test, start, predictions=stream)
+        else:
+            for _ in stream:  # this rank's batches, sent to rank 0
+                pass
+        dist.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
@@ -501,6 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--worst", type=int, default=4, help="worst false rejects and escapes in report.html"
     )
     test.add_argument("--quiet", action="store_true", help="no progress bars")
+    test.add_argument(
+        "--nproc",
+        type=int,
+        help="evaluate on N local processes, the memory bank sharded over them (starts "
+        "torchrun; under torchrun itself not needed)",
+    )
     _add_device_argument(test, "the evaluation")
     test.set_defaults(func=_test)
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ def evaluate_detector(
     worst: int = 4,
     run_config: Mapping | None = None,
     title: str | None = None,
+    predictions: Iterable[tuple[Any, Any]] | None = None,
 ) -> dict[str, float]:
     """Predicts every sample of `split`, returns the threshold-free metrics (fractions) and,
     with out_dir, writes metrics.{json,csv,md}, scores.csv, roc.png, curves.png (ROC + PR),
@@ -44,14 +46,13 @@ def evaluate_detector(
     rates, precision, recall, confusion matrices; vsad/eval/decisions.py) go into metrics.json
     under "decisions" and, if `decisions` is a dict, into it. worst: how many of the
     highest-scoring normal and lowest-scoring defective samples the report shows.
+
+    predictions: (sample, Prediction) pairs of `split` in order, computed elsewhere (e.g.
+    `vsad.distributed.evaluate.iter_sharded_predictions`, several processes); by default the
+    detector predicts them here.
     """
     evaluator = Evaluator()
-    seen: deque = deque()
-
-    def samples():
-        for sample in split:
-            seen.append(sample)
-            yield sample
+    pairs = predictions if predictions is not None else _predict(detector, split, progress, timings)
 
     kept: list[tuple] = []
     quota = {0: overlays - overlays // 2, 1: overlays // 2} if out_dir is not None else {0: 0, 1: 0}
@@ -59,8 +60,7 @@ def evaluate_detector(
     keep_worst = worst if out_dir is not None and report else 0
     worst_heaps: dict[int, list] = {0: [], 1: []}
     order = itertools.count()
-    for prediction in detector.iter_predict(samples(), progress=progress, timings=timings):
-        sample = seen.popleft()
+    for sample, prediction in pairs:
         evaluator.add(
             sample,
             prediction.maps,
@@ -109,6 +109,19 @@ def evaluate_detector(
                 title=title,
             )
     return metrics
+
+
+def _predict(detector, split, progress: bool, timings: dict | None):
+    """(sample, Prediction) pairs of `split`, predicted in batches by the detector."""
+    seen: deque = deque()
+
+    def samples():
+        for sample in split:
+            seen.append(sample)
+            yield sample
+
+    for prediction in detector.iter_predict(samples(), progress=progress, timings=timings):
+        yield seen.popleft(), prediction
 
 
 def _levels(evaluator: Evaluator) -> dict[str, tuple[np.ndarray, np.ndarray]]:

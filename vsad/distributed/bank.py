@@ -22,8 +22,8 @@ of them on its shard, and the per-rank bests are all-reduced:
 Building: each rank adds the features of its own block of training samples; `finalize`
 computes the position statistics and leave-one-out maps collectively (the owner of sample s
 broadcasts its query, every rank searches its shard without s's rows, MIN all-reduce). The
-coreset (greedy k-center, inherently sequential) is computed on the all-gathered bank rows, so
-that build step is not memory-scaled; the searches afterwards are.
+coreset (greedy k-center) is selected collectively (`vsad.distributed.coreset`): each rank
+keeps its rows' distances and 1/world of the kept rows, and the selection is the one process's.
 
 Saving gathers the shards on rank 0 and writes the single-process format (`FeatureBanks
 .tensors()`, `MemoryBank.save`); loading reads only the rank's slice (safetensors slices), so
@@ -311,7 +311,7 @@ class ShardedFeatureBanks:
 
     def finalize(self, *, seed: int = 0, keep_loo: bool = False) -> None:
         """Collective: sample offsets, position statistics and leave-one-out maps over the whole
-        bank (as `FeatureBanks.finalize`), the coreset on the gathered rows."""
+        bank (as `FeatureBanks.finalize`), and the coreset selected collectively."""
         rank, world = rank_and_world(self.group)
         if not self.shard._chunks:
             raise ValueError(
@@ -325,44 +325,97 @@ class ShardedFeatureBanks:
         lo = sum(counts[:rank])
         self.sample_range, self.total_samples = (lo, lo + counts[rank]), sum(counts)
         self._sample_counts = counts
-        if self.coreset_ratio is not None and self.coreset_ratio < 1:
-            self._finalize_by_gathering(seed, keep_loo)
-            return
         self.shard.finalize(seed=seed, keep_loo=False)
-        cells = 1
         for key in self._keys():
-            D, h, w = self.shapes[key[0]]
-            cells = h * w
-            self._offset[key] = lo * self._group_rows() * cells
+            _, h, w = self.shapes[key[0]]
+            self._offset[key] = lo * self._group_rows() * h * w
         levels = range(len(self.shapes))
         self.loo_distances = self._loo_stat_distances = None
         stat_loo = None
         if self.normalization == "position":
             stat_loo = [self._loo_distances(level) for level in levels]
             self._stats = [self._position_stats(d) for d in stat_loo]
+        if self.coreset_ratio is not None and self.coreset_ratio < 1:
+            full = self._reduce_to_coreset(seed)
+            if keep_loo:
+                self.loo_distances = [self._loo_coreset_distances(lv, full) for lv in levels]
+                self._loo_stat_distances = stat_loo
+            return
         if keep_loo:
             self.loo_distances = stat_loo or [self._loo_distances(level) for level in levels]
             self._loo_stat_distances = stat_loo
 
-    def _finalize_by_gathering(self, seed: int, keep_loo: bool) -> None:
-        """The coreset path: every rank builds the full bank from the gathered rows (greedy
-        k-center is sequential over the whole bank), then keeps its slice."""
-        full = FeatureBanks(
-            self.mode, radius=self.radius, per_view=self.per_view, dtype=self.dtype,
-            coreset_ratio=self.coreset_ratio, precision=self.precision,
-            normalization=self.normalization, device=self.device,
-        )  # fmt: skip
-        full.shapes, full.num_views = self.shapes, self.num_views
-        for key, chunks in self.shard._chunks.items():
-            local = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
-            parts = all_gather_rows(local.cpu(), self.group)
-            full._chunks[key] = [torch.cat(parts).to(self.device)]
-        full.finalize(seed=seed, keep_loo=keep_loo)
-        self._take_slices(full.settings(), full.tensors())
-        self.loo_distances, self._loo_stat_distances = (
-            full.loo_distances,
-            full._loo_stat_distances,
-        )
+    def _reduce_to_coreset(self, seed: int) -> dict:
+        """Replaces every shard by its part of the bank's greedy k-center coreset, selected
+        collectively (the rows `FeatureBanks` keeps in one process, in the same order: rank r
+        holds positions shard_range(n, r, world)). Returns this rank's full rows per bank
+        (the leave-one-out queries)."""
+        from vsad.distributed.coreset import kcenter_greedy_sharded
+        from vsad.memory.bank import coreset_projection_dim
+
+        rank, world = rank_and_world(self.group)
+        full, self._kept = {}, {}
+        for key in self._keys():
+            D, h, w = self.shapes[key[0]]
+            rows = self.shard._global[key].features
+            per_sample = self._group_rows() * h * w
+            total = self.total_samples * per_sample
+            n = max(1, round(self.coreset_ratio * total))
+            if n < world:
+                raise ValueError(
+                    f"world size: {world} ranks for a coreset of {n} rows (coreset_ratio="
+                    f"{self.coreset_ratio} of {total}); every rank needs at least one"
+                )
+            selected, kept = kcenter_greedy_sharded(
+                rows, n, offset=self._offset[key], total=total, seed=seed,
+                projection_dim=coreset_projection_dim(128, D), tile=per_sample,
+                group=self.group,
+            )  # fmt: skip
+            full[key] = rows
+            self._kept[key] = selected
+            bank = MemoryBank(D, dtype=self.dtype, device=self.device)
+            bank.add(kept)
+            self.shard._global[key] = bank
+            self.shard._chunks[key] = [bank.features]
+            self._offset[key] = shard_range(n, rank, world)[0]
+        return full
+
+    def _loo_coreset_distances(self, level: int, full: dict) -> torch.Tensor:
+        """(samples, M, h, w) distances of the chosen training samples, each searched against
+        the coreset rows of the other samples (as `FeatureBanks._loo_coreset_distances`):
+        the owner broadcasts the query, every rank searches its coreset rows, MIN all-reduce."""
+        rank, world = rank_and_world(self.group)
+        D, h, w = self.shapes[level]
+        group, cells = self._group_rows(), h * w
+        lo = self.sample_range[0]
+        per_view = []
+        for view in range(self.num_views):
+            key = (level, view if self.per_view else 0)
+            bank = self.shard._global[key].features
+            norms = bank_sq_norms(bank)
+            first = self._offset[key]
+            owner = self._kept[key][first : first + bank.shape[0]] // (cells * group)
+            row_of_view = 0 if self.per_view else view
+            loo = []
+            for s in _chosen_samples(self.total_samples).tolist():
+                src = self._owner(s)
+                if rank == src:
+                    start = ((s - lo) * group + row_of_view) * cells
+                    query = full[key][start : start + cells].float().contiguous()
+                else:
+                    query = torch.empty((cells, D), dtype=torch.float32, device=bank.device)
+                if world > 1:
+                    dist.broadcast(query, src=src, group=self.group)
+                others = owner != s
+                if bool(others.any()):
+                    d, _ = min_l2(query, bank[others].contiguous(), bank_sq_norms=norms[others])
+                else:
+                    d = torch.full((cells,), float("inf"), device=bank.device)
+                if world > 1:
+                    dist.all_reduce(d, op=dist.ReduceOp.MIN, group=self.group)
+                loo.append(d.reshape(h, w))
+            per_view.append(torch.stack(loo))
+        return torch.stack(per_view, dim=1)
 
     def _owner(self, sample: int) -> int:
         edges = 0

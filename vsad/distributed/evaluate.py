@@ -41,6 +41,62 @@ def _record(sample, prediction) -> tuple:
     )
 
 
+def _rounds(detector, samples, size: int, group, make):
+    """The single-process prediction batches of `samples`, batch j predicted by rank j mod
+    world; after every round of `world` batches, `make(sample, prediction)` of every sample
+    gathered on rank 0. Yields, per round, the per-rank lists in rank order (= sample order)
+    on rank 0 and None on the other ranks. Collective."""
+    rank, world = rank_and_world(group)
+    n = len(samples)
+    batches = [range(s, min(s + size, n)) for s in range(0, n, size)]
+    sharded = isinstance(detector.banks, ShardedFeatureBanks) and world > 1
+    for first in range(0, len(batches), world):
+        j = first + rank
+        records = []
+        if j < len(batches):
+            chosen = [samples[i] for i in batches[j]]
+            predictions = detector.iter_predict(chosen, batch_size=size, progress=False)
+            records = [make(s, p) for s, p in zip(chosen, predictions, strict=True)]
+        elif sharded:
+            detector.banks.search(None)  # join the collective search of this round
+        if world > 1:
+            gathered = [None] * world if rank == 0 else None
+            dist.gather_object(records, gathered, dst=0, group=group)
+        else:
+            gathered = [records]
+        yield gathered
+
+
+def _batch_size(detector, batch_size, samples) -> int:
+    if len(samples) < 1:
+        raise ValueError("samples: got an empty split, expected at least one test sample")
+    size = batch_size or detector.config.batch_size
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"batch_size: got {size!r}, expected an integer >= 1")
+    return size
+
+
+def iter_sharded_predictions(
+    detector, samples, *, group=None, batch_size: int | None = None, progress: bool = False
+):
+    """(sample, Prediction) pairs of `samples` (an indexable split, the same on every rank) in
+    sample order on rank 0 — predicted by all ranks of `group`, batch by batch as one process
+    would — and nothing on the other ranks, which predict their batches and send them (with
+    their samples, so rank 0 reads no image twice). Every rank must run it to the end; feed
+    rank 0's pairs to `vsad.detector.evaluate.evaluate_detector(predictions=...)`."""
+    from tqdm.auto import tqdm
+
+    rank, _ = rank_and_world(group)
+    size = _batch_size(detector, batch_size, samples)
+    bar = tqdm(total=len(samples), desc="predict", disable=not progress or rank != 0)
+    for gathered in _rounds(detector, samples, size, group, lambda s, p: (s, p)):
+        if rank == 0:
+            for part in gathered:
+                bar.update(len(part))
+                yield from part
+    bar.close()
+
+
 def evaluate_distributed(
     detector,
     samples,
@@ -56,34 +112,14 @@ def evaluate_distributed(
     indexable split, the same on every rank), computed by all ranks of `group` together and
     returned on every rank. Collective: every rank calls it with the same arguments."""
     rank, world = rank_and_world(group)
-    n = len(samples)
-    if n < 1:
-        raise ValueError("samples: got an empty split, expected at least one test sample")
-    size = batch_size or detector.config.batch_size
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"batch_size: got {size!r}, expected an integer >= 1")
-    batches = [range(s, min(s + size, n)) for s in range(0, n, size)]
-    sharded = isinstance(detector.banks, ShardedFeatureBanks) and world > 1
+    size = _batch_size(detector, batch_size, samples)
     evaluator = (
         Evaluator(pixel=pixel, num_bins=num_bins, exact_budget=exact_budget, max_fpr=max_fpr)
         if rank == 0
         else None
     )
     COMM_STATS["bytes_to_rank0"] = 0
-    for first in range(0, len(batches), world):
-        j = first + rank
-        records = []
-        if j < len(batches):
-            chosen = [samples[i] for i in batches[j]]
-            predictions = detector.iter_predict(chosen, batch_size=size, progress=False)
-            records = [_record(s, p) for s, p in zip(chosen, predictions, strict=True)]
-        elif sharded:
-            detector.banks.search(None)  # join the collective search of this round
-        if world > 1:
-            gathered = [None] * world if rank == 0 else None
-            dist.gather_object(records, gathered, dst=0, group=group)
-        else:
-            gathered = [records]
+    for gathered in _rounds(detector, samples, size, group, _record):
         if rank == 0:
             for r, part in enumerate(gathered):  # rank order = batch order = sample order
                 for maps, masks, labels, view_scores, score, sample_id, defect in part:

@@ -165,14 +165,18 @@ def run_workers(fn, world_size: int, *args, timeout: float = 60, threads: int | 
 
 
 def torchrun_command(nproc: int, vsad_args: list[str]) -> list[str]:
-    """`python -m torch.distributed.run --standalone --nproc-per-node N -m vsad ARGS`."""
+    """`python -m torch.distributed.run --standalone --nproc-per-node N -m vsad -- ARGS`.
+
+    The `--`: torchrun's parser reads options after the script too, and takes an abbreviation
+    of its own (vsad test's `--run` is ambiguous with its `--run-path`); after `--` it does not
+    (and drops the `--`)."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc: got {nproc!r}, expected an integer >= 1")
     import sys
 
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={nproc}", "-m", "vsad", *vsad_args,
+        f"--nproc-per-node={nproc}", "-m", "vsad", "--", *vsad_args,
     ]  # fmt: skip
 
 

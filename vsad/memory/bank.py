@@ -13,6 +13,12 @@ FORMAT_VERSION = "1"
 QUERY_CHUNK = 16384
 
 
+def coreset_projection_dim(projection_dim: int | None, dim: int) -> int | None:
+    """The projection a coreset of `dim`-dimensional rows uses: none where it would not reduce
+    the dimension (projecting up would only cost time)."""
+    return None if projection_dim is not None and projection_dim >= dim else projection_dim
+
+
 class MemoryBank:
     """Normal prototypes of one feature level: add features incrementally, optionally reduce
     them to a greedy coreset, and search the nearest prototype of any number of queries.
@@ -81,12 +87,19 @@ class MemoryBank:
             self._chunks = [self._features]
         return self._features
 
-    def coreset(self, n: int, *, seed: int = 0, projection_dim: int | None = 128) -> torch.Tensor:
-        """Keeps only a greedy k-center coreset of n prototypes; returns the kept indices."""
-        if projection_dim is not None and projection_dim >= self.features.shape[1]:
-            projection_dim = None  # projecting up would only cost time
+    def coreset(
+        self,
+        n: int,
+        *,
+        seed: int = 0,
+        projection_dim: int | None = 128,
+        tile: int = 65536,
+    ) -> torch.Tensor:
+        """Keeps only a greedy k-center coreset of n prototypes; returns the kept indices.
+        tile: rows per matrix product (`kcenter_greedy`)."""
+        projection_dim = coreset_projection_dim(projection_dim, self.features.shape[1])
         keep = kcenter_greedy(
-            self.features, min(n, len(self)), seed=seed, projection_dim=projection_dim
+            self.features, min(n, len(self)), seed=seed, projection_dim=projection_dim, tile=tile
         )
         keep = keep.to(self.features.device)
         self._chunks = [self.features[keep].contiguous()]

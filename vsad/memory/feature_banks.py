@@ -128,10 +128,11 @@ class FeatureBanks:
         samples' distances as a test sample would get them, for the decision thresholds."""
         if not self._chunks:
             raise ValueError("memory bank is empty: add() the features of normal samples first")
-        stacked = {
-            key: torch.cat(chunks) if len(chunks) > 1 else chunks[0]
-            for key, chunks in self._chunks.items()
-        }
+        stacked = {}
+        for key, chunks in self._chunks.items():
+            stacked[key] = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+            # The batches are dropped bank by bank, not after all banks are concatenated.
+            self._chunks[key] = [stacked[key]]
         levels = range(len(self.shapes))
         self.loo_distances = self._loo_stat_distances = None
         stat_loo = None
@@ -279,9 +280,20 @@ class FeatureBanks:
         bank = MemoryBank(stacked.shape[-1], dtype=self.dtype, device=self.device)
         bank.add(stacked)
         if self.coreset_ratio is not None and self.coreset_ratio < 1:
-            keep = bank.coreset(max(1, round(self.coreset_ratio * len(bank))), seed=seed)
+            # Tiles of one training sample's rows: a sharded bank (vsad.distributed) holds
+            # whole samples, so it computes the same products and selects the same rows.
+            keep = bank.coreset(
+                max(1, round(self.coreset_ratio * len(bank))),
+                seed=seed,
+                tile=self._rows_per_sample(stacked),
+            )
             self._kept[key] = keep
         self._global[key] = bank
+
+    def _rows_per_sample(self, stacked: torch.Tensor) -> int:
+        """Flat bank rows one training sample contributes to a (level, view) bank."""
+        group = 1 if self.per_view else self.num_views
+        return group * stacked[0, ..., 0].numel()
 
     def _stored(self, key: tuple[int, int]) -> torch.Tensor:
         return self._local[key][0] if self.mode == "local" else self._global[key].features

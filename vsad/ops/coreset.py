@@ -40,23 +40,45 @@ def kcenter_greedy(
             row = i + int(bad.any(1).nonzero()[0])
             raise ValueError(f"features: row {row} contains NaN or Inf, expected finite values")
     gen = torch.Generator().manual_seed(seed)
-    x = features.float()
-    if projection_dim is not None:
-        if projection_dim < 1:
-            raise ValueError(f"projection_dim: got {projection_dim}, expected >= 1")
-        proj = torch.randn(x.shape[1], projection_dim, generator=gen) / projection_dim**0.5
-        x = torch.cat([x[i : i + tile] @ proj.to(x.device) for i in range(0, N, tile)])
+    x = project_rows(features, gen, projection_dim, tile)
     sq = (x * x).sum(1)
     selected = torch.empty(n, dtype=torch.int64)
     selected[0] = int(torch.randint(0, N, (1,), generator=gen))
     min_sq = torch.full((N,), float("inf"), device=x.device)
     for s in range(1, n + 1):
-        c = x[selected[s - 1]]
-        for i in range(0, N, tile):  # distance of every row to the newest centre, tile by tile
-            d = (sq[i : i + tile] - 2 * (x[i : i + tile] @ c) + c.dot(c)).clamp(min=0)
-            torch.minimum(min_sq[i : i + tile], d, out=min_sq[i : i + tile])
+        update_min_sq(min_sq, x, sq, x[selected[s - 1]], tile)
         # A chosen row is never chosen again, even when duplicates leave only zero distances.
         min_sq[selected[s - 1]] = -1.0
         if s < n:
             selected[s] = int(torch.argmax(min_sq))  # first maximum on ties
     return selected
+
+
+# The two steps below are shared with the sharded coreset (vsad.distributed.bank), which picks
+# the same rows as one process: a matrix product's per-row result can depend on how many rows
+# the call holds, so both compute tile by tile, and callers that want identical selections
+# across partitions pass tile boundaries that every partition shares (the bank's rows per
+# training sample).
+def project_rows(
+    features: torch.Tensor, gen: torch.Generator, projection_dim: int | None, tile: int
+) -> torch.Tensor:
+    """float32 rows, after a seeded Gaussian projection to projection_dim dimensions (drawn
+    from `gen`) when projection_dim is set."""
+    x = features.float()
+    if projection_dim is None:
+        return x
+    if projection_dim < 1:
+        raise ValueError(f"projection_dim: got {projection_dim}, expected >= 1")
+    proj = torch.randn(x.shape[1], projection_dim, generator=gen) / projection_dim**0.5
+    proj = proj.to(x.device)
+    return torch.cat([x[i : i + tile] @ proj for i in range(0, x.shape[0], tile)])
+
+
+def update_min_sq(
+    min_sq: torch.Tensor, x: torch.Tensor, sq: torch.Tensor, c: torch.Tensor, tile: int
+) -> None:
+    """min_sq = min(min_sq, ‖x − c‖²) row-wise, in place, tile by tile (never N × N)."""
+    cc = c.dot(c)
+    for i in range(0, x.shape[0], tile):
+        d = (sq[i : i + tile] - 2 * (x[i : i + tile] @ c) + cc).clamp(min=0)
+        torch.minimum(min_sq[i : i + tile], d, out=min_sq[i : i + tile])
