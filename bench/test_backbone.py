@@ -153,6 +153,7 @@ def _fit_vsad(category, config: dict, steps=2):
 
 VSAD_CONFIGS = {
     "vsad_default": {},
+    "vsad_default_unaligned": {"align": "none"},  # what view registration costs
     "vsad_unet_lite0": {"image_size": 256, "feature_levels": [-2, -1], "feature_pool": 3},
     "vsad_unet_tiny": UNET_PIPELINE,  # the baseline
 }

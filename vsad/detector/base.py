@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from vsad._atomic import atomic_directory
 from vsad.detector import device as devices
+from vsad.detector.alignment import ViewAligner
 from vsad.detector.config import DetectorConfig
 from vsad.detector.inputs import check_views, to_model_tensor, views_of
 from vsad.memory.feature_banks import FeatureBanks
@@ -115,6 +116,7 @@ class BankDetector:
         self.normal_scores: dict | None = None
         self.view_size: tuple[int, int] | None = None
         self._device: torch.device | None = None  # config.device resolved (fit, load, to)
+        self.aligner: ViewAligner | None = None  # config.align != "none": the reference views
 
     # -- device ---------------------------------------------------------------------------
     @property
@@ -176,14 +178,22 @@ class BankDetector:
         torch.manual_seed(self.config.seed)
         images, raw_views = [], []
         keep_raw = self._raw_samples_needed()
+        self.aligner = None
         for index, sample in enumerate(tqdm(train, desc="read", disable=not progress)):
             where = f"train[{index}]"
             views = views_of(sample, where=where)
             check_views(views, self.num_views, self.view_size, where=where)
             self.num_views, self.view_size = len(views), tuple(views[0].shape[:2])
+            if self.config.align != "none" and self.aligner is None:
+                self.aligner = ViewAligner.from_views(views)  # the first sample: the reference
+            tensor = to_model_tensor(views, self.config.image_size)
+            if self.aligner is not None:
+                matrices = self.aligner.estimate(views, where=where)
+                tensor = self.aligner.to_reference(tensor, matrices)
+                views = [self.aligner.warp_view(v, a) for v, a in zip(views, matrices, strict=True)]
             if len(raw_views) < keep_raw:
                 raw_views.append(views)
-            images.append(to_model_tensor(views, self.config.image_size))
+            images.append(tensor)
         if not images:
             raise ValueError("train: got no samples, expected at least one normal sample")
         stacked = torch.stack(images).to(device)
@@ -286,14 +296,19 @@ class BankDetector:
         batch_size = batch_size or self.config.batch_size
         total = len(samples) if hasattr(samples, "__len__") else None
         bar = tqdm(total=total, desc="predict", disable=not progress)
-        pending: list[tuple[torch.Tensor, str | None]] = []
+        pending: list[tuple[torch.Tensor, str | None, np.ndarray | None]] = []
         for index, sample in enumerate(samples):
             where = f"samples[{index}]" if total != 1 else "views"
             views = views_of(sample, where=where)
             check_views(views, self.num_views, self.view_size, where=where)
             with stage(timings, "resize"):
                 tensor = to_model_tensor(views, self.config.image_size)
-            pending.append((tensor, getattr(sample, "sample_id", None)))
+            matrices = None
+            if self.aligner is not None:
+                with stage(timings, "align"):
+                    matrices = self.aligner.estimate(views, where=where)
+                    tensor = self.aligner.to_reference(tensor, matrices)
+            pending.append((tensor, getattr(sample, "sample_id", None), matrices))
             if len(pending) == batch_size:
                 yield from self._predict_batch(pending, timings)
                 bar.update(len(pending))
@@ -314,6 +329,10 @@ class BankDetector:
             maps = combine_levels(distances, self.config.level_weights, self.view_size)
             maps = gaussian_smooth(maps, self.config.smoothing_sigma)
             view_scores, scores = view_and_sample_scores(maps)
+            if self.aligner is not None:
+                # Scored in the reference frames, as the training samples' leave-one-out scores
+                # that set the thresholds; the maps go back to the views' own frames.
+                maps = self.aligner.to_view(maps, np.stack([p[2] for p in pending]))
             # Back to the CPU only here, for the Prediction (one transfer per batch).
             maps, view_scores, scores = maps.cpu(), view_scores.cpu(), scores.cpu()
         t = self.thresholds
@@ -421,6 +440,8 @@ class BankDetector:
             meta["thresholds"] = _sanitize(self.thresholds)
             meta["normal_scores"] = self.normal_scores
         state = self._state_tensors()
+        if self.aligner is not None:
+            state = {**state, **self.aligner.tensors()}
         with atomic_directory(directory) as tmp:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
             if state:
@@ -468,7 +489,11 @@ class BankDetector:
         resolved = detector.device  # a device this machine lacks fails here, before any reading
         detector.num_views, detector.view_size = meta["num_views"], tuple(meta["view_size"])
         weights = directory / WEIGHTS_FILE
-        detector._load_state(load_file(weights) if weights.is_file() else {}, meta)
+        tensors = load_file(weights) if weights.is_file() else {}
+        if detector.config.align != "none":
+            detector.aligner = ViewAligner.from_tensors(tensors)
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("align.")}
+        detector._load_state(tensors, meta)
         if banks_loader is None:
             detector.banks = FeatureBanks.from_tensors(
                 meta["banks"], load_file(directory / BANK_FILE), device=resolved
