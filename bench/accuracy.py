@@ -72,8 +72,12 @@ DETECTORS_UNDER_TEST = {
     "vsad_unaligned": ("VSAD", {"align": "none"}),
     "patchknn_lite0_aligned": (
         "PatchKNN",
-        {"backbone": "efficientnet-lite0", "image_size": 384, "feature_pool": 1,
-         "align": "similarity"},
+        {
+            "backbone": "efficientnet-lite0",
+            "image_size": 384,
+            "feature_pool": 1,
+            "align": "similarity",
+        },
     ),  # fmt: skip
     # What vsad shipped before the real-photo benchmark existed (for the record).
     "vsad_tiny128": (
