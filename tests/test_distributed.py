@@ -305,15 +305,18 @@ def test_errors_name_the_argument():
         shard_range(4, 2, 2)
 
 
-def _vsad(command: str, args: list[str], timeout: int = 240) -> None:
+def _vsad(command: str, args: list[str], cwd, timeout: int = 240) -> None:
     import os
     import subprocess
     import sys
 
+    # cwd: not the checkout, whose vsad/ (without the compiled vsad._C) `python -m` would put
+    # first on sys.path; the processes would then search with the pure-PyTorch reference,
+    # whose results depend on the bank's size at the last bit (BLAS blocking).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     env.pop("WORLD_SIZE", None)
     done = subprocess.run(
-        [sys.executable, "-m", "vsad", command, *args], env=env, timeout=timeout,
+        [sys.executable, "-m", "vsad", command, *args], env=env, timeout=timeout, cwd=cwd,
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -336,8 +339,10 @@ def test_cli_train_and_test_nproc_2_give_the_single_process_results(realiad_root
     data = ["--data", str(realiad_root), "--category", "toy", "--quiet", "--model", "patchknn"]
     # Both runs in fresh processes with the same environment: the pytest process may hold
     # another thread count or kernel ISA (set by earlier tests), which moves the last bits.
-    _vsad("train", [*data, "--out", str(tmp_path / "one"), "image_size=48"])
-    _vsad("train", [*data, "--out", str(tmp_path / "two"), "--nproc", "2", "image_size=48"])
+    _vsad("train", [*data, "--out", str(tmp_path / "one"), "image_size=48"], tmp_path)
+    _vsad(
+        "train", [*data, "--out", str(tmp_path / "two"), "--nproc", "2", "image_size=48"], tmp_path
+    )
     one, two = (load_file(tmp_path / r / "model" / "bank.safetensors") for r in ("one", "two"))
     assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
     meta = [
@@ -348,8 +353,8 @@ def test_cli_train_and_test_nproc_2_give_the_single_process_results(realiad_root
     # vsad test --nproc 2: the bank sharded over two processes, rank 0 writes the results of
     # one process.
     run = ["--run", str(tmp_path / "one"), "--quiet"]
-    _vsad("test", [*run, "--out", str(tmp_path / "test1")])
-    _vsad("test", [*run, "--out", str(tmp_path / "test2"), "--nproc", "2"])
+    _vsad("test", [*run, "--out", str(tmp_path / "test1")], tmp_path)
+    _vsad("test", [*run, "--out", str(tmp_path / "test2"), "--nproc", "2"], tmp_path)
     got = [json.loads((tmp_path / t / "metrics.json").read_text()) for t in ("test1", "test2")]
     assert got[0]["metrics"] == got[1]["metrics"]
     assert got[0]["decisions"] == got[1]["decisions"]
@@ -366,7 +371,7 @@ def test_cli_train_nproc_2_trains_the_unet_pipeline(realiad_root, tmp_path):
     tiny = ["encoder=unshuffle", "image_size=64", "feature_levels=[-2,-1]", "latent_level=false",
             "train.steps=2", "train.checkpoint_every=1", "inversion_steps=1"]  # fmt: skip
     data = ["--data", str(realiad_root), "--category", "toy", "--quiet"]
-    _vsad("train", [*data, "--out", str(run), "--nproc", "2", *tiny])
+    _vsad("train", [*data, "--out", str(run), "--nproc", "2", *tiny], tmp_path)
     assert (run / "checkpoints" / "checkpoint.safetensors").is_file()
     detector = load_detector(run / "model")
     assert detector.model is not None and len(detector.banks) > 0
