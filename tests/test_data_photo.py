@@ -122,18 +122,51 @@ def test_presets_order_the_unit_to_unit_variation():
 @needs_photos
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_views_never_sample_outside_the_photograph(preset):
-    """The crop leaves room for every placement a preset draws: a view that ran off the photo
-    would show mirrored or constant borders, an artefact no real station has."""
-    from vsad.data.photo.units import Placement, sampling_maps
+    """A view that ran off the photo would show mirrored or constant borders, an artefact no
+    real station has: the maps a sample is rendered with stay inside every photograph, also
+    at the extremes of a preset's ranges (where `fitting_maps` moves the placement in)."""
+    from vsad.data.photo.units import Placement, fitting_maps, inside_photo
 
     station = small(preset, n_train=0, n_test=0).station
     rng = np.random.default_rng(fresh_seed())
-    for _ in range(40):
-        placement = Placement.random(PRESETS[preset], rng)
-        for k in range(station.num_views):
-            mx, my, _ = sampling_maps(station, k, placement, PRESETS[preset], rng)
-            h, w = station.photos[k].shape[:2]
-            assert mx.min() >= 0 and my.min() >= 0 and mx.max() <= w - 1 and my.max() <= h - 1
+    p = PRESETS[preset]
+    extreme = Placement(np.deg2rad(p.rotation_deg), 1 - p.scale, (p.shift, p.shift))
+    for placement in [extreme, *(Placement.random(p, rng) for _ in range(40))]:
+        seeds = np.random.SeedSequence(int(rng.integers(2**32))).spawn(station.num_views)
+        used, maps, _ = fitting_maps(station, placement, p, seeds)
+        assert all(inside_photo(station, k, m) for k, m in enumerate(maps))
+        if used != placement:  # moved in: toward the identity, never past it
+            assert 0 < used.rotation / placement.rotation < 1 or placement.rotation == 0
+            assert abs(used.shift[0]) < abs(placement.shift[0]) or placement.shift[0] == 0
+
+
+@needs_photos
+def test_a_placement_that_fits_is_kept_and_one_that_does_not_is_moved_in():
+    from vsad.data.photo.units import Placement, fitting_maps, inside_photo, sampling_maps
+
+    station = small("placement", n_train=0, n_test=0).station
+    preset = PRESETS["placement"]
+    seeds = np.random.SeedSequence(fresh_seed()).spawn(station.num_views)
+    fits = Placement(0.01, 1.01, (0.01, -0.01))
+    used, maps, rngs = fitting_maps(station, fits, preset, seeds)
+    assert used == fits
+    for k, m in enumerate(maps):  # the same maps and generator state as without the check
+        alone = np.random.default_rng(seeds[k])
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(m, sampling_maps(station, k, fits, preset, alone), strict=True)
+        )
+        assert rngs[k].random() == alone.random()
+    too_far = Placement(np.deg2rad(20), 0.8, (0.2, 0.2))  # far outside the preset's ranges
+    assert not all(
+        inside_photo(
+            station, k, sampling_maps(station, k, too_far, preset, np.random.default_rng(0))
+        )
+        for k in range(station.num_views)
+    )
+    used, maps, _ = fitting_maps(station, too_far, preset, seeds)
+    assert used != too_far and all(inside_photo(station, k, m) for k, m in enumerate(maps))
+    assert 1 > used.toward_identity(1.0).scale > too_far.scale
 
 
 @needs_photos

@@ -40,9 +40,9 @@ from vsad.data.photo.station import MULTIVIEW_ENV, Station, load_photos, multivi
 from vsad.data.photo.units import (
     Placement,
     camera_response,
+    fitting_maps,
     resample,
     resample_coverage,
-    sampling_maps,
 )
 from vsad.data.sample import NORMAL, MultiViewDataset, MultiViewSample, SampleRecord
 
@@ -90,13 +90,12 @@ class PhotoSplit(MultiViewDataset):
         station, preset = c.station, c.preset
         streams = np.random.SeedSequence([c.seed, _SPLIT_CODE[self.split], index]).spawn(3)
         unit_rng, camera_seed, defect_rng = (np.random.default_rng(s) for s in streams)
-        placement = Placement.random(preset, unit_rng)
         # One generator per view, for the maps and then the camera response, so that a
         # sample rendered with and without its defect differs only by the defect.
-        view_rngs = [np.random.default_rng(s) for s in camera_seed.bit_generator.seed_seq.spawn(
-            station.num_views)]  # fmt: skip
-        maps = [sampling_maps(station, k, placement, preset, view_rngs[k])
-                for k in range(station.num_views)]  # fmt: skip
+        view_seeds = camera_seed.bit_generator.seed_seq.spawn(station.num_views)
+        placement, maps, view_rngs = fitting_maps(
+            station, Placement.random(preset, unit_rng), preset, view_seeds
+        )
         plan = self.plans[index]
         drawn: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if plan.kind is not None and with_defects:

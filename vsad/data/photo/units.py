@@ -39,6 +39,14 @@ class Placement:
             shift=tuple(float(v) for v in rng.uniform(-1, 1, 2) * preset.shift),
         )
 
+    def toward_identity(self, factor: float) -> Placement:
+        """The same placement with rotation, scale change and shift multiplied by `factor`."""
+        return Placement(
+            rotation=self.rotation * factor,
+            scale=1 + (self.scale - 1) * factor,
+            shift=(self.shift[0] * factor, self.shift[1] * factor),
+        )
+
     def matrix(self, centre: np.ndarray, side: float) -> np.ndarray:
         """3x3 map object point -> where the placed unit shows it (photo pixels)."""
         c, s = np.cos(self.rotation), np.sin(self.rotation)
@@ -123,6 +131,45 @@ def sampling_maps(
     return objects[..., 0].astype(np.float32), objects[..., 1].astype(np.float32), object_to_view
 
 
+#: How far one retry of `fitting_maps` moves a placement toward the identity.
+SHRINK_PER_TRY = 0.9
+MAX_SHRINK_TRIES = 40
+
+
+def inside_photo(station: Station, k: int, maps: tuple[np.ndarray, ...]) -> bool:
+    """Whether every pixel of view k samples photo k inside its borders."""
+    h, w = station.photos[k].shape[:2]
+    mx, my = maps[0], maps[1]
+    return bool(mx.min() >= 0 and my.min() >= 0 and mx.max() <= w - 1 and my.max() <= h - 1)
+
+
+def fitting_maps(
+    station: Station,
+    placement: Placement,
+    preset: PhotoPreset,
+    view_seeds: list[np.random.SeedSequence],
+) -> tuple[Placement, list[tuple[np.ndarray, np.ndarray, np.ndarray]], list[np.random.Generator]]:
+    """The sampling maps of every view for `placement`, or for the placement moved toward the
+    identity (by SHRINK_PER_TRY per try) until no view samples outside its photograph: at the
+    extremes of a preset's ranges (the largest rotation, shrink and shift at once, plus the
+    camera jitter) a corner of the view can reach past the photo, where it would show mirrored
+    content that no real station has. Returns the placement used, the maps and, per view, the
+    generator (seeded by `view_seeds`) in the state after drawing the maps, for the camera
+    response. A placement that fits comes back unchanged, with the same maps and generators
+    as without the check."""
+    for _ in range(MAX_SHRINK_TRIES):
+        rngs = [np.random.default_rng(s) for s in view_seeds]
+        maps = [sampling_maps(station, k, placement, preset, rngs[k])
+                for k in range(station.num_views)]  # fmt: skip
+        if all(inside_photo(station, k, m) for k, m in enumerate(maps)):
+            return placement, maps, rngs
+        placement = placement.toward_identity(SHRINK_PER_TRY)
+    raise ValueError(
+        f"preset: its camera jitter and shape deviation reach outside the photographs even "
+        f"for a unit placed exactly (crop {station.crop}); lower them or the crop"
+    )
+
+
 def resample(image: np.ndarray, maps: tuple[np.ndarray, np.ndarray], photo_px: float):
     """The photograph (float32) seen through the maps, low-passed first so that a view smaller
     than the photo does not alias (σ from the minification)."""
@@ -175,6 +222,8 @@ __all__ = [
     "Placement",
     "camera_response",
     "deformation",
+    "fitting_maps",
+    "inside_photo",
     "resample",
     "resample_coverage",
     "sampling_maps",
