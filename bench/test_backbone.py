@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from vsad.data import make_category
-from vsad.detector import UNET_PIPELINE, VSAD, PatchCore, PatchKNN, VSADConfig
+from vsad.detector import UNET_PIPELINE, VSAD, PatchCore, PatchCoreConfig, PatchKNN, VSADConfig
 from vsad.model.pretrained import (
     PretrainedFeatures,
     bf16_supported,
@@ -202,3 +202,45 @@ def test_fit_40_samples(benchmark, machine, category, provider):
     benchmark.group = "fit on 40 five-view samples (views 256²)"
     benchmark.pedantic(fit, rounds=1, iterations=1)
     benchmark.extra_info.update(machine, provider=provider, baseline=BASELINE)
+
+
+# Predict on the GPU (issue 16's target: a five-view predict with the tiny model <= 50 ms). The
+# whole call is timed: views to the device, the model, the search, scoring, and the maps back to
+# the CPU in the Prediction. Skipped without CUDA (bench/gpu_check.sh runs them).
+CUDA_CONFIGS = {
+    "vsad_default-cuda": {},
+    "vsad_unet_tiny-cuda": UNET_PIPELINE,
+    "vsad_unet_tiny_bf16-cuda": {**UNET_PIPELINE, "autocast": "bf16"},
+}
+
+
+@pytest.fixture(scope="module")
+def cuda_detectors(category):
+    return {
+        name: _fit_vsad(category, {**config, "device": "cuda"})
+        for name, config in CUDA_CONFIGS.items()
+    }
+
+
+@pytest.mark.parametrize("provider", [*CUDA_CONFIGS, "patchcore-cuda"])
+def test_predict_one_sample_cuda(benchmark, machine, category, provider, request):
+    if provider == "patchcore-cuda":
+        detector = PatchCore(PatchCoreConfig(device="cuda"))
+        detector.fit(category.train, progress=False)
+    else:
+        detector = request.getfixturevalue("cuda_detectors")[provider]
+    sample = category.test[0]
+    result = detector.predict(sample)
+    assert result.maps.shape == (5, 256, 256) and np.isfinite(result.maps).all()
+    # (GPU maps against CPU maps: tests/test_device.py's cuda tier, run by gpu_check.sh first.)
+    timings: dict = {}
+    for _ in range(3):
+        detector.predict(sample, timings=timings)
+    benchmark.group = "predict one five-view sample (views 256²) cuda"
+    benchmark.pedantic(detector.predict, args=(sample,), rounds=20, warmup_rounds=3, iterations=1)
+    benchmark.extra_info.update(
+        machine,
+        provider=provider,
+        baseline="vsad_unet_tiny-cuda",
+        breakdown_seconds={k: v / 3 for k, v in timings.items()},
+    )

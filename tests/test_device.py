@@ -166,6 +166,34 @@ def test_cli_device_flag_is_the_device_override(monkeypatch):
     assert seen["device"] == "cuda"
 
 
+def test_fit_and_predict_run_convolutions_and_matmuls_in_ieee_float32(category, monkeypatch):
+    """cuDNN's default TF32 for float32 convolutions (Ampere and newer) would make GPU scores
+    differ from CPU scores beyond rounding: fit and predict switch it off, whatever the user's
+    global setting, and restore that setting afterwards."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    detector = PatchKNN(PatchKNNConfig(image_size=32, smoothing_sigma=2.0))
+    seen = []
+    extract = detector._extract
+
+    def recording(*args, **kwargs):
+        seen.append((conv.fp32_precision, matmul.fp32_precision))
+        return extract(*args, **kwargs)
+
+    monkeypatch.setattr(detector, "_extract", recording)
+    try:
+        conv.fp32_precision = matmul.fp32_precision = "tf32"  # a user's global choice
+        _fit(detector, category)
+        fitted = len(seen)
+        detector.predict(category.test[0])
+        after = conv.fp32_precision, matmul.fp32_precision
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
+    assert fitted >= 1 and len(seen) > fitted  # both fit and predict were observed
+    assert set(seen) == {("ieee", "ieee")}
+    assert after == ("tf32", "tf32")
+
+
 def test_the_device_is_not_saved_and_a_cpu_model_stays_bit_identical(category, tmp_path):
     """device="cpu" (the default) moves nothing: a detector built with it, one moved to the CPU
     with .to() and one loaded give bit-identical maps, on plain CPU tensors; the device is left
@@ -335,7 +363,7 @@ def test_cuda_fit_predict_and_save_on_cuda_load_on_cpu(name, category, tmp_path)
     make = {**_detectors(), "unet": lambda **c: VSAD(VSADConfig.from_dict({**TINY_UNET, **c}))}
     detector = _fit(make[name](device="cuda"), category)
     assert detector.device.type == "cuda"
-    assert all(t.is_cuda for t in detector.banks._stats[0]) or not detector.banks._stats
+    assert not detector.banks._stats or all(t.is_cuda for t in detector.banks._stats[0])
     gpu_maps = _maps(detector, category.test)
     detector.save(tmp_path / "model")
     again = load_detector(tmp_path / "model", device="cuda")

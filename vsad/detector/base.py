@@ -158,6 +158,7 @@ class BankDetector:
         """Moves the subclass's modules and tensors to `device`."""
 
     # -- fitting --------------------------------------------------------------------------
+    @devices.ieee_float32()
     def fit(
         self,
         train: Iterable,
@@ -319,6 +320,7 @@ class BankDetector:
         bar.close()
 
     @torch.no_grad()
+    @devices.ieee_float32()
     def _predict_batch(self, pending, timings) -> list[Prediction]:
         images = torch.stack([p[0] for p in pending]).to(self.device)
         features = self._features(images, timings)

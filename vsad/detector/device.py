@@ -8,6 +8,8 @@ CPU-only machine with device "cpu", the default of `load_detector`).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from vsad.validation import Pattern
@@ -51,4 +53,34 @@ def cuda_device(index: int | None, *, name: str, key: str = "device") -> torch.d
     return torch.device("cuda", index)
 
 
-__all__ = ["DEVICE_PATTERN", "cuda_device", "resolve_device"]
+@contextmanager
+def ieee_float32():
+    """Float32 convolutions and matmuls on CUDA in IEEE float32 while a detector fits or
+    predicts (a context manager and a decorator).
+
+    cuDNN runs float32 convolutions in TF32 by default on Ampere and newer GPUs (10-bit
+    mantissa): a model fitted on the GPU then scores differently on the CPU, and the same data
+    fitted on either differs by more than rounding. `autocast="none"` promises float32; the
+    lower precisions are asked for with `autocast="bf16"` / `"fp16"` (the UNet under
+    torch.autocast), not given silently. The previous settings come back afterwards; on the
+    CPU the settings have no effect."""
+    settings = [getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul]
+    if not all(hasattr(s, "fp32_precision") for s in settings):  # PyTorch < 2.9: legacy flags
+        before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+        return
+    before = [s.fp32_precision for s in settings]
+    for s in settings:
+        s.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for s, value in zip(settings, before, strict=True):
+            s.fp32_precision = value
+
+
+__all__ = ["DEVICE_PATTERN", "cuda_device", "ieee_float32", "resolve_device"]
