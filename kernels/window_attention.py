@@ -36,6 +36,8 @@ tensors; that is how the tests exercise them on machines without a GPU.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -314,7 +316,7 @@ def forward(q, k, v, pos_k, pos_v, hom, nbr, out, lse, window, heads, scale):
     dims = _check_args(q, k, v, pos_k, pos_v, hom, nbr, window, heads, out=out, lse=lse)
     if dims["num_pixels"] == 0:
         return
-    consts = _constants(scale, q.device)
+    consts = _constants(float(scale), q.device)
     block_p, block_d = _blocks(dims["d"], q.device)
     grid = (triton.cdiv(dims["num_pixels"], block_p), heads)
     with device_guard(q.device):
@@ -340,7 +342,7 @@ def backward(
         g.zero_()
     if dims["num_pixels"] == 0:
         return
-    consts = _constants(scale, q.device)
+    consts = _constants(float(scale), q.device)
     block_p, block_d = _blocks(dims["d"], q.device)
     grid = (triton.cdiv(dims["num_pixels"], block_p), heads)
     with device_guard(q.device):
@@ -352,8 +354,13 @@ def backward(
         )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=64)
 def _constants(scale: float, device) -> torch.Tensor:
     # float64 on purpose: a Python float kernel argument would arrive as a float32 scalar.
+    # Cached per (scale, device): a model calls with a handful of scales, and a fresh tensor
+    # would cost a host-to-device copy per call, which waits for the stream's queued work (the
+    # GPU run of 2026-12-04 measured a fixed ~0.7 ms per call; BENCHMARKS.md "On a GPU"). The
+    # kernels only read it.
     return torch.tensor([float(scale), MIN_PROJECTIVE_W], dtype=torch.float64).to(device)
 
 
