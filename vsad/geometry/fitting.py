@@ -47,7 +47,8 @@ class HomographyEstimate:
                             (NaN without a model).
     ok:                     True iff H is usable (enough inliers, non-degenerate).
     reason:                 why not, when ok is False ("" otherwise).
-    samples_used:           image pairs that contributed at least MIN_SAMPLE_INLIERS inliers.
+    samples_used:           image pairs with at least MIN_SAMPLE_INLIERS of their own ratio-test
+                            matches agreeing with H (guided matches cannot vouch for a pair).
     sample_inliers:         (image pairs,) int64 inliers contributed by each image pair: a
                             pair far below the others shows a sample that does not fit.
     inlier_points:          (inliers, 4) float64 rows (x_src, y_src, x_dst, y_dst).
