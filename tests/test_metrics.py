@@ -28,6 +28,13 @@ from vsad.eval import (  # noqa: E402
     write_metrics,
     write_sample_scores,
 )
+from vsad.eval.curves import (  # noqa: E402
+    aupro_from_counts,
+    binary_metrics_from_counts,
+    exact_counts,
+    merge_negative_runs,
+    sorted_exact_groups,
+)
 
 
 @pytest.fixture
@@ -150,6 +157,66 @@ def test_pixel_exact_mode_equals_sklearn_and_brute_force_aupro(np_rng, ties):
     assert result.binary.f1_max == pytest.approx(sklearn_f1_max(y, s), abs=1e-12)
     assert result.aupro == pytest.approx(brute_force_aupro(maps, masks), abs=1e-12)
     assert result.num_regions == sum(ndimage.label(m, np.ones((3, 3)))[1] for m in masks)
+
+
+def _all_metrics(pos, neg, thresholds, weight, num_regions, binned, max_fpr=0.3):
+    binary = binary_metrics_from_counts(pos, neg, thresholds, binned=binned)
+    return binary, aupro_from_counts(weight, neg, num_regions, max_fpr, binned=binned)
+
+
+@pytest.mark.parametrize("binned", [False, True])
+def test_merging_normal_only_runs_changes_no_metric(np_rng, binned):
+    groups = int(np_rng.integers(50, 400))
+    pos = np_rng.integers(0, 4, groups) * (np_rng.random(groups) < 0.15)  # mostly normal-only
+    neg = np_rng.integers(0, 6, groups)  # empty groups too, as histogram bins have
+    neg[0] += 1
+    pos[-1] += 1
+    thresholds = np.cumsum(np_rng.uniform(0.1, 1.0, groups))
+    weight = pos * np_rng.uniform(0.01, 0.2, groups)
+    regions = int(np.ceil(weight.sum())) + 1
+    merged = merge_negative_runs(pos, neg, thresholds, weight)
+    assert len(merged[0]) < groups and merged[0].sum() == pos.sum()
+    assert merged[1].sum() == neg.sum()
+    for max_fpr in (0.3, 0.05, 1.0):
+        (a, a_pro), (b, b_pro) = (
+            _all_metrics(*groups_, regions, binned, max_fpr)
+            for groups_ in ((pos, neg, thresholds, weight), merged)
+        )
+        assert a == b  # every binary metric, threshold and bound, bit for bit
+        np.testing.assert_allclose(b_pro, a_pro, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_exact_groups_give_the_metrics_of_distinct_value_groups(np_rng, ties):
+    maps, masks = random_maps(np_rng, ties=ties)
+    acc = PixelMetricAccumulator(exact_budget=10**9)
+    for score_map, mask in zip(maps, masks, strict=True):
+        acc.update(score_map, mask)
+    weights = np.concatenate(acc._weight_parts)
+    neg = np.concatenate(acc._neg_parts)
+    pos = np.concatenate(acc._pos_parts)
+    # The reference twin: one group per distinct value (np.unique), nothing merged.
+    scores = np.concatenate([neg, pos])
+    labels = np.r_[np.zeros(neg.size, bool), np.ones(pos.size, bool)]
+    values, ref_pos, ref_neg, ref_weight = exact_counts(scores, labels, weights)
+    pos_before = pos.copy()
+    fast = sorted_exact_groups(neg.copy(), pos, weights)
+    np.testing.assert_array_equal(pos, pos_before)  # only the normal scores are sorted in place
+    assert len(fast[0]) < len(values) and fast[0].sum() == pos.size
+    ref = _all_metrics(ref_pos, ref_neg, values, ref_weight, acc.num_regions, False)
+    got = _all_metrics(*fast, acc.num_regions, False)
+    assert got[0] == ref[0]
+    np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=1e-13)
+
+
+def test_compute_leaves_the_accumulator_as_it_was(np_rng):
+    maps, masks = random_maps(np_rng, n=6)
+    streamed, whole = PixelMetricAccumulator(), PixelMetricAccumulator()
+    for score_map, mask in zip(maps, masks, strict=True):
+        streamed.update(score_map, mask)
+        streamed.compute()  # must not sort or consume the kept scores
+    whole.update(maps, masks)
+    assert streamed.compute() == whole.compute()
 
 
 @pytest.mark.parametrize("max_fpr", [0.3, 0.05, 1.0])

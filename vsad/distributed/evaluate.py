@@ -9,7 +9,8 @@ single-process state — the sample and view scores, the exact pixel store and, 
 the dyadic histogram, whose grid and float64 region-weight sums depend on the order the pixels
 arrive in: merging per-rank histograms afterwards could not reproduce them bit for bit, streaming
 in order does. Rank 0 holds the accumulator (bounded, as in one process: the exact budget, then
-2²⁰ bins) plus one round of maps; the other ranks hold no metric state at all.
+2²⁰ bins; computing it adds ~50 MB) plus one round of maps; the other ranks hold no metric state
+at all, so every rank's peak is its bank share plus a batch's working set (BENCHMARKS.md).
 
 With a sharded bank (`vsad.distributed.bank`) the search is collective, so a rank without a batch
 in the last round still joins it (`banks.search(None)`).
