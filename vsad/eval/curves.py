@@ -144,13 +144,14 @@ def merge_negative_runs(pos, neg, thresholds, weight=None):
     """The same ascending groups with every run of consecutive groups without positives merged
     into one (keeping the run's lowest threshold): (pos, neg, thresholds[, weight]).
 
-    No metric here changes, exact or binned, bounds included: inside such a run TP stays
-    constant, so the run's negatives all enter the AUROC sum with the same TP (integer products,
-    exact in float64), AP and its bound read positive groups only, F1 and its upper bound fall
-    along the run (FP grows) and peak at a positive group, and PRO is flat along it, so AUPRO
-    gets the same rectangle (to float rounding) and a zero-height box. What it saves: the
-    metrics' float64 temporaries (about 15 per group) then scale with the groups holding
-    defective pixels, a few percent of a map, not with every distinct value or bin.
+    No metric here changes, exact or binned, bounds included. Inside such a run TP stays
+    constant, so its negatives all enter the AUROC sum with the same TP (integer products,
+    summed exactly in float64 while P·N < 2^53, to rounding beyond); AP and its bound read
+    positive groups only; F1 and its upper bound fall along the run (FP grows) and peak at a
+    positive group; PRO is flat along it, so AUPRO gets the same rectangle (to float rounding)
+    and a zero-height box. What it saves: the metrics' float64 temporaries (about 15 per
+    group) then scale with the groups holding defective pixels, a few percent of a map, not
+    with every distinct value or bin.
     """
     pos, neg = np.asarray(pos), np.asarray(neg)
     has_pos = pos > 0
