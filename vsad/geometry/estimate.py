@@ -70,10 +70,10 @@ def _contributions(
 ) -> dict:
     """Per image pair, the inliers it contributes, and how many pairs are "used".
 
-    independent: per ratio-test match (owner order), whether it agrees with the final model;
-    when given, a pair counts as used only if at least MIN_SAMPLE_INLIERS of its own ratio-test
-    matches agree. Guided matches cannot vouch for a pair: they are searched next to the model,
-    so a pair of unrelated images still yields a few by chance (8 of ~2,500 seen in CI).
+    independent: per image pair, how many of its own ratio-test matches agree with the final
+    model; when given, a pair counts as used only if at least MIN_SAMPLE_INLIERS do. Guided
+    matches cannot vouch for a pair: they are searched next to the model, so a pair of
+    unrelated images still yields a few by chance (8 of ~2,500 seen in CI).
     """
     counts = np.bincount(owner[inliers], minlength=pairs).astype(np.int64)
     vouching = counts if independent is None else independent
