@@ -32,6 +32,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _bank_mb(banks) -> float:
+    """MB of this rank's shard of a ShardedFeatureBanks (local and global banks)."""
+    shard = banks.shard
+    rows = [t for t, _ in shard._local.values()] + [b.features for b in shard._global.values()]
+    return sum(t.numel() * t.element_size() for t in rows) / 2**20
+
+
 def _warm_up(views: int, D: int, cells: int, mode: str) -> float:
     """Peak RSS after a one-sample bank was built and searched in this process: what every
     process pays whatever the bank (the first custom-op call imports torch._dynamo, ~150 MB;
@@ -76,7 +83,7 @@ def bank_worker(samples: int, views: int, D: int, cells: int, tests: int, batch:
         else:
             banks.search(None)
     search = time.perf_counter() - start
-    bank_mb = sum(t.numel() * t.element_size() for t, _ in banks.shard._local.values()) / 2**20
+    bank_mb = _bank_mb(banks)
     # Exchanged per test sample: its queries to every other rank (all_gather) and the float32
     # distance maps in the MIN all-reduce (ring: ~2·(w−1)/w of the buffer per rank).
     q_bytes = views * cells * cells * D * 4
@@ -146,9 +153,7 @@ def eval_worker(model_dir: str, warm_dir: str, category: dict):
     warm = _peak_rss_mb()
     detector = load_sharded_detector(model_dir)
     loaded = _peak_rss_mb()
-    shard = detector.banks.shard
-    parts = [*shard._local.values(), *((b.features, None) for b in shard._global.values())]
-    bank_mb = sum(t.numel() * t.element_size() for t, _ in parts) / 2**20
+    bank_mb = _bank_mb(detector.banks)
     start = time.perf_counter()
     details = evaluate_distributed(detector, test)
     return {

@@ -190,8 +190,7 @@ def test_merging_normal_only_runs_changes_no_metric(np_rng, binned):
 def test_exact_groups_give_the_metrics_of_distinct_value_groups(np_rng, ties):
     maps, masks = random_maps(np_rng, ties=ties)
     acc = PixelMetricAccumulator(exact_budget=10**9)
-    for score_map, mask in zip(maps, masks, strict=True):
-        acc.update(score_map, mask)
+    acc.update(maps, masks)
     weights = np.concatenate(acc._weight_parts)
     neg = np.concatenate(acc._neg_parts)
     pos = np.concatenate(acc._pos_parts)
