@@ -70,6 +70,9 @@ DETECTORS_UNDER_TEST = {
     ),
     # The default before views were registered to their camera's reference view.
     "vsad_unaligned": ("VSAD", {"align": "none"}),
+    # The default before the registration frame was centred on the training units' median
+    # placement: the first training unit's frame.
+    "vsad_first_frame": ("VSAD", {"align_frame": "first"}),
     "patchknn_lite0_aligned": (
         "PatchKNN",
         {

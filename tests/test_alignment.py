@@ -4,6 +4,7 @@ warn, and detectors that save and load their reference views."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
+from safetensors.torch import load_file, save_file
 
 from vsad.data.imageio import read_image
 from vsad.detector import PatchKNN, PatchKNNConfig, load_detector
@@ -97,6 +99,53 @@ def test_an_unregistrable_view_stays_put_with_a_warning():
 def test_bad_align_value_is_named():
     with pytest.raises(ValueError, match="align"):
         PatchKNNConfig(align="affine")
+    with pytest.raises(ValueError, match="align_frame.*'centre'"):
+        PatchKNNConfig(align_frame="centre")
+
+
+def test_centre_frame_moves_the_frame_to_the_median_placement():
+    """Five registered units whose every parameter (angle, scale, shift) has its median at unit
+    2: in the centred frame unit 2 sits exactly where the frame is (the identity), a view that
+    did not register is ignored and stays put, and a camera with no registered view keeps its
+    frame."""
+    size = 65
+    angles, scales = [-4.0, 3.0, 1.0, 6.0, -1.0], [1.04, 0.96, 1.01, 0.98, 1.05]
+    shifts = [(5.0, -2.0), (-3.0, 4.0), (2.0, 1.0), (-6.0, 7.0), (8.0, -5.0)]
+    registrations = [
+        (np.stack([similarity(a, s, d, size), similarity(-a, s, d, size)]), np.array([True, False]))
+        for a, s, d in zip(angles, scales, shifts, strict=True)
+    ]
+    wild = similarity(40.0, 1.4, (30.0, 30.0), size)  # a failed registration's matrix: ignored
+    registrations.append((np.stack([wild, wild]), np.array([False, False])))
+    aligner = ViewAligner([np.zeros((size, size), np.uint8)] * 2)
+    aligner.centre_frame(registrations)
+    median_unit = aligner.in_frame(*registrations[2])
+    np.testing.assert_allclose(median_unit[0], np.eye(2, 3), atol=1e-9)
+    np.testing.assert_array_equal(median_unit[1], np.eye(2, 3))  # camera 1 did not register
+    np.testing.assert_array_equal(aligner.frame[1], np.eye(2, 3))  # ... so its frame is unmoved
+    np.testing.assert_array_equal(
+        aligner.in_frame(*registrations[-1]), np.stack([np.eye(2, 3)] * 2)
+    )
+    # Every unit lands at its placement relative to unit 2: frame ∘ matrix = median⁻¹ ∘ matrix.
+    inverse_median = cv2.invertAffineTransform(registrations[2][0][0])
+    for matrices, registered in registrations[:5]:
+        want = np.vstack([inverse_median, [0, 0, 1]]) @ np.vstack([matrices[0], [0, 0, 1]])
+        np.testing.assert_allclose(aligner.in_frame(matrices, registered)[0], want[:2], atol=1e-9)
+
+
+def test_frame_round_trips_through_tensors_and_defaults_to_the_reference_view():
+    references = [np.full((32, 32), v, np.uint8) for v in (10, 200)]
+    frame = np.stack(
+        [similarity(3.0, 1.02, (1.5, -2.0), 32), similarity(-2.0, 0.99, (0.0, 4.0), 32)]
+    )
+    tensors = ViewAligner(references, frame).tensors()
+    np.testing.assert_array_equal(ViewAligner.from_tensors(tensors).frame, frame)
+    old = {"align.references": tensors["align.references"]}  # saved before align_frame existed
+    np.testing.assert_array_equal(ViewAligner.from_tensors(old).frame, np.stack([np.eye(2, 3)] * 2))
+    with pytest.raises(ValueError, match=r"'align.frame' is torch.float32 \(2, 2, 3\)"):
+        ViewAligner.from_tensors({**tensors, "align.frame": tensors["align.frame"].float()})
+    with pytest.raises(ValueError, match=r"frame: got an array of shape \(1, 2, 3\)"):
+        ViewAligner(references, frame[:1])
 
 
 @needs_photos
@@ -115,7 +164,9 @@ def test_detector_registers_views_and_round_trips_through_save(tmp_path):
     for _ in range(8):
         a = placed()
         train.append([moved(v, a) for v in views])
-    a = placed()
+    # The unit under test sits far from the training units' median placement, so that its
+    # defect is > 10 px from where an unwarped (reference-frame) map would put it.
+    a = similarity(-6.0, 0.95, (-8.0, 8.0), 160)
     normal = [moved(v, a) for v in views]
     defective = [v.copy() for v in normal]
     centre = (70, 92)  # (x, y) in the placed view 1
@@ -130,7 +181,9 @@ def test_detector_registers_views_and_round_trips_through_save(tmp_path):
         margin[align] = first[1].view_scores[1] / first[0].view_scores[1]
     assert margin["similarity"] > margin["none"]
     peak = np.unravel_index(np.argmax(first[1].maps[1]), first[1].maps[1].shape)
-    assert math.dist((peak[1], peak[0]), centre) <= 6  # the map is in the view's frame
+    assert math.dist((peak[1], peak[0]), centre) <= 6  # the map is in the view's frame ...
+    in_frame = detector.aligner.estimate(defective)[1] @ np.array([*centre, 1.0])
+    assert math.dist(in_frame, centre) > 10  # ... not in the reference frame
     detector.save(tmp_path / "model")
     with pytest.warns(UserWarning, match="no decision thresholds"):  # threshold_fpr=None
         loaded = load_detector(tmp_path / "model")
@@ -139,3 +192,21 @@ def test_detector_registers_views_and_round_trips_through_save(tmp_path):
     for p, q in zip(first, again, strict=True):
         assert p.maps.shape == (3, 160, 160)
         np.testing.assert_array_equal(p.maps, q.maps)
+    np.testing.assert_array_equal(loaded.aligner.frame, detector.aligner.frame)
+    assert not np.allclose(detector.aligner.frame, np.eye(2, 3))  # centred: the frame moved
+
+    # Weights without the frame but a config that says "median": refused, not silently shifted.
+    weights = tmp_path / "model" / "weights.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if k != "align.frame"}, weights)
+    with pytest.raises(ValueError, match="'align.frame' is missing.*align_frame='median'"):
+        load_detector(tmp_path / "model")
+    # A model saved before align_frame existed (no key in its config either) is in the first
+    # unit's frame: it loads with that frame.
+    meta_path = tmp_path / "model" / "detector.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["align_frame"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="no decision thresholds"):
+        legacy = load_detector(tmp_path / "model")
+    assert legacy.config.align_frame == "first"
+    np.testing.assert_array_equal(legacy.aligner.frame, np.stack([np.eye(2, 3)] * 3))

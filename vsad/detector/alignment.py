@@ -1,4 +1,4 @@
-"""Registering every view to its camera's reference view before feature extraction (`align`).
+"""Registering every view to its camera's reference frame before feature extraction (`align`).
 
 Units placed by hand sit a few degrees and a few per cent differently on the station every
 time; each camera then sees the unit rotated, shifted and scaled in its image, and a cell's
@@ -6,8 +6,19 @@ features are compared with normal features of another part of the unit. Registra
 that: per camera, the view of the first training sample is the reference; every view (training
 and test) is matched to it (SIFT keypoints, Lowe's ratio test, `vsad.geometry.features`) and a
 similarity transform (rotation, uniform scale, translation; `cv2.estimateAffinePartial2D` with
-RANSAC) maps it into the reference frame. Features, the memory bank and the scores live in that
-frame; the anomaly maps of a prediction are warped back into the view's own frame.
+RANSAC) maps it onto the reference. Features, the memory bank and the scores live in the
+camera's reference frame; the anomaly maps of a prediction are warped back into the view's own
+frame.
+
+Which frame (`align_frame`): "median" (default) places the frame at the training units' median
+placement — the reference view's transform composed with the inverse of the median of all
+training transforms (`ViewAligner.centre_frame`); "first" is the reference view's own frame.
+Why: a warp moves part of the view out of the frame and fills the strip it leaves with
+replicated border pixels, and those strips score as anomalies wherever few training units had
+one. Relative to the first unit, whose placement is as random as any other's, the strips are as
+large as the spread of placements and all on the side away from it; about the median unit they
+are about half that and spread over all sides (real-photo benchmark, tuning seeds:
+BENCHMARKS.md, "Centring the registration frame").
 
 A view whose transform cannot be estimated (too few matches or inliers, or an implausible
 scale) stays where it is, with a warning naming it. Warps run on the model's tensors with
@@ -27,6 +38,10 @@ import torch.nn.functional as F
 from vsad.geometry.features import Features, detect_features, ratio_matches
 
 ALIGN_MODES = ("none", "similarity")
+#: Where a camera's reference frame sits: the training units' median placement, or the first
+#: training unit's placement (the only frame before "median" existed; models saved then load
+#: with it).
+ALIGN_FRAMES = ("median", "first")
 #: Matches that must agree with the transform (RANSAC inliers) before it is trusted.
 MIN_INLIERS = 12
 #: Lowe's ratio for matching a view to its reference.
@@ -43,10 +58,13 @@ SCALE_RANGE = (0.67, 1.5)
 
 
 class ViewAligner:
-    """Per camera, the reference view's keypoints; estimates and applies the registrations."""
+    """Per camera, the reference view's keypoints and the frame; estimates and applies the
+    registrations."""
 
-    def __init__(self, references: list[np.ndarray]) -> None:
-        """references: one (H, W) uint8 grey image per camera (the reference views)."""
+    def __init__(self, references: list[np.ndarray], frame: np.ndarray | None = None) -> None:
+        """references: one (H, W) uint8 grey image per camera (the reference views).
+        frame: (M, 2, 3) similarity transforms reference view -> reference frame (default the
+        identity: the frame of the reference views themselves)."""
         if not references:
             raise ValueError("references: got no views, expected one grey image per camera")
         self.references = [np.ascontiguousarray(r, dtype=np.uint8) for r in references]
@@ -55,6 +73,8 @@ class ViewAligner:
             for r in self.references
         ]
         self.size = self.references[0].shape[:2]
+        identity = np.stack([np.eye(2, 3)] * len(self.references))
+        self.frame = identity if frame is None else _check_frame(frame, len(self.references))
 
     @classmethod
     def from_views(cls, views: list[np.ndarray]) -> ViewAligner:
@@ -63,29 +83,63 @@ class ViewAligner:
 
     # -- estimation -----------------------------------------------------------------------
     def estimate(self, views: list[np.ndarray], *, where: str = "views") -> np.ndarray:
-        """(M, 2, 3) float64 similarity transforms, view pixels -> reference pixels (OpenCV's
-        convention: pixel centres at integers); the identity where estimation failed, with a
-        warning naming `where`[view]."""
+        """(M, 2, 3) float64 similarity transforms, view pixels -> reference-frame pixels
+        (OpenCV's convention: pixel centres at integers); the identity where registration
+        failed, with a warning naming `where`[view]."""
+        return self.in_frame(*self.register(views, where=where))
+
+    def register(
+        self, views: list[np.ndarray], *, where: str = "views"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(M, 2, 3) transforms view pixels -> reference-view pixels and (M,) bool, whether
+        each view registered (the identity where not, with a warning naming `where`[view])."""
         if len(views) != len(self.references):
             raise ValueError(
                 f"{where}: got {len(views)} views, expected {len(self.references)} (one per "
                 "reference view)"
             )
         out = np.zeros((len(views), 2, 3))
-        failed = []
+        registered = np.ones(len(views), bool)
         for m, view in enumerate(views):
             matrix = self._estimate_one(m, view)
             if matrix is None:
-                failed.append(m)
+                registered[m] = False
                 matrix = np.eye(2, 3)
             out[m] = matrix
-        if failed:
+        if not registered.all():
             warnings.warn(
-                f"{where}: views {failed} could not be registered to their reference view "
-                f"(fewer than {MIN_INLIERS} consistent keypoint matches); scored unaligned",
+                f"{where}: views {np.flatnonzero(~registered).tolist()} could not be registered "
+                f"to their reference view (fewer than {MIN_INLIERS} consistent keypoint "
+                "matches); scored unaligned",
                 stacklevel=3,
             )
+        return out, registered
+
+    def in_frame(self, matrices: np.ndarray, registered: np.ndarray) -> np.ndarray:
+        """register()'s transforms continued into the reference frame (frame ∘ matrix); a view
+        that did not register stays where it is (the identity)."""
+        out = np.stack([np.eye(2, 3)] * len(matrices))
+        for m in np.flatnonzero(registered):
+            out[m] = _compose(self.frame[m], matrices[m])
         return out
+
+    def centre_frame(self, registrations: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Puts each camera's reference frame at the median placement of the training units
+        (`registrations`: register()'s results for every training sample): frame = the
+        inverse of the median transform, per parameter (log-scale, angle, and the shift of the
+        view centre). A camera none of whose views registered keeps its frame."""
+        centre = np.array([(self.size[1] - 1) / 2, (self.size[0] - 1) / 2])
+        frames = self.frame.copy()
+        for m in range(len(self.references)):
+            placements = [
+                _similarity_parameters(matrices[m], centre)
+                for matrices, registered in registrations
+                if registered[m]
+            ]
+            if placements:
+                median = _similarity_from(*np.median(np.array(placements), axis=0), centre)
+                frames[m] = cv2.invertAffineTransform(median)
+        self.frame = frames
 
     def _estimate_one(self, m: int, view: np.ndarray) -> np.ndarray | None:
         found = detect_features(view, color="rgb", max_features=MAX_KEYPOINTS, name=f"view {m}")
@@ -125,10 +179,15 @@ class ViewAligner:
 
     # -- persistence ----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"align.references": torch.from_numpy(np.stack(self.references))}
+        return {
+            "align.references": torch.from_numpy(np.stack(self.references)),
+            "align.frame": torch.from_numpy(np.ascontiguousarray(self.frame, np.float64)),
+        }
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> ViewAligner:
+        """The aligner that tensors() saved; without "align.frame" (a model saved before
+        align_frame existed) the frame is the reference views' own."""
         if "align.references" not in tensors:
             raise ValueError(
                 "weights: 'align.references' is missing (a model fitted with align="
@@ -140,7 +199,49 @@ class ViewAligner:
                 f"weights: 'align.references' is {refs.dtype} {tuple(refs.shape)}, expected "
                 "uint8 (M, H, W)"
             )
-        return cls(list(refs.numpy()))
+        frame = tensors.get("align.frame")
+        if frame is not None:
+            if frame.dtype != torch.float64 or tuple(frame.shape) != (refs.shape[0], 2, 3):
+                raise ValueError(
+                    f"weights: 'align.frame' is {frame.dtype} {tuple(frame.shape)}, expected "
+                    f"float64 ({refs.shape[0]}, 2, 3)"
+                )
+            frame = frame.numpy()
+        return cls(list(refs.numpy()), frame)
+
+
+def _check_frame(frame: np.ndarray, cameras: int) -> np.ndarray:
+    frame = np.asarray(frame, dtype=np.float64)
+    if frame.shape != (cameras, 2, 3) or not np.isfinite(frame).all():
+        raise ValueError(
+            f"frame: got an array of shape {frame.shape}, expected finite ({cameras}, 2, 3) "
+            "similarity transforms (one per camera)"
+        )
+    return frame.copy()
+
+
+def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2×3 transform `outer` ∘ `inner` (inner applied first)."""
+    linear = outer[:, :2] @ inner[:, :2]
+    shift = outer[:, :2] @ inner[:, 2] + outer[:, 2]
+    return np.hstack([linear, shift[:, None]])
+
+
+def _similarity_parameters(matrix: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(log-scale, angle, dx, dy) of a 2×3 similarity: it scales by e^log-scale and turns by
+    angle about `centre`, then moves the centre by (dx, dy). Parameters about the view centre
+    (not the pixel origin) make their median a placement in the middle of the others."""
+    scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    angle = np.arctan2(matrix[1, 0], matrix[0, 0])
+    shift = matrix[:, :2] @ centre + matrix[:, 2] - centre
+    return np.array([np.log(scale), angle, shift[0], shift[1]])
+
+
+def _similarity_from(log_scale, angle, dx, dy, centre: np.ndarray) -> np.ndarray:
+    """The 2×3 similarity with _similarity_parameters (log_scale, angle, dx, dy)."""
+    scale = np.exp(log_scale)
+    linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return np.hstack([linear, (centre + np.array([dx, dy]) - linear @ centre)[:, None]])
 
 
 def _normalizer(size: tuple[int, int]) -> np.ndarray:

@@ -177,9 +177,11 @@ class BankDetector:
         self._device = None
         device = self.device  # checked before any data is read
         torch.manual_seed(self.config.seed)
-        images, raw_views = [], []
         keep_raw = self._raw_samples_needed()
         self.aligner = None
+        # Read everything first: with align_frame="median" the frame the views are warped into
+        # depends on every training unit's registration.
+        read: list[tuple[torch.Tensor, list | None, tuple | None]] = []
         for index, sample in enumerate(tqdm(train, desc="read", disable=not progress)):
             where = f"train[{index}]"
             views = views_of(sample, where=where)
@@ -188,15 +190,26 @@ class BankDetector:
             if self.config.align != "none" and self.aligner is None:
                 self.aligner = ViewAligner.from_views(views)  # the first sample: the reference
             tensor = to_model_tensor(views, self.config.image_size)
+            registration = None
             if self.aligner is not None:
-                matrices = self.aligner.estimate(views, where=where)
+                registration = self.aligner.register(views, where=where)
+            read.append((tensor, views if len(read) < keep_raw else None, registration))
+        if not read:
+            raise ValueError("train: got no samples, expected at least one normal sample")
+        if self.aligner is not None and self.config.align_frame == "median":
+            self.aligner.centre_frame([registration for _, _, registration in read])
+        images, raw_views = [], []
+        while read:
+            tensor, views, registration = read.pop(0)
+            if self.aligner is not None:
+                matrices = self.aligner.in_frame(*registration)
                 tensor = self.aligner.to_reference(tensor, matrices)
-                views = [self.aligner.warp_view(v, a) for v, a in zip(views, matrices, strict=True)]
-            if len(raw_views) < keep_raw:
+                if views is not None:
+                    pairs = zip(views, matrices, strict=True)
+                    views = [self.aligner.warp_view(v, a) for v, a in pairs]
+            if views is not None:
                 raw_views.append(views)
             images.append(tensor)
-        if not images:
-            raise ValueError("train: got no samples, expected at least one normal sample")
         stacked = torch.stack(images).to(device)
         self._fit_model(stacked, raw_views, progress=progress, work_dir=work_dir, **kwargs)
         self.banks = self._new_banks()
@@ -493,6 +506,11 @@ class BankDetector:
         weights = directory / WEIGHTS_FILE
         tensors = load_file(weights) if weights.is_file() else {}
         if detector.config.align != "none":
+            if detector.config.align_frame != "first" and "align.frame" not in tensors:
+                raise ValueError(
+                    f"{weights}: 'align.frame' is missing, expected with align_frame="
+                    f"{detector.config.align_frame!r} (the frame the model was fitted in)"
+                )
             detector.aligner = ViewAligner.from_tensors(tensors)
         tensors = {k: v for k, v in tensors.items() if not k.startswith("align.")}
         detector._load_state(tensors, meta)

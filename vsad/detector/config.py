@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vsad.detector.alignment import ALIGN_MODES
+from vsad.detector.alignment import ALIGN_FRAMES, ALIGN_MODES
 from vsad.detector.device import DEVICE_PATTERN
 from vsad.geometry.graphs import GRAPH_KINDS
 from vsad.geometry.pooled import FALLBACKS
@@ -67,6 +67,10 @@ class DetectorConfig:
     # sample's) by a rotation + scale + shift before features are read, undoing where the unit
     # sat on the station (vsad/detector/alignment.py); "none": views as they come.
     align: str = "none"
+    # Where each camera's reference frame sits when views are registered: "median" = at the
+    # training units' median placement (the strips a warp fills with replicated border pixels
+    # are then smallest), "first" = at the first training unit's (vsad/detector/alignment.py).
+    align_frame: str = "median"
 
     #: Ranges of the numeric fields (types come from the annotations; vsad.validation).
     BOUNDS: ClassVar[dict[str, Bound]] = {
@@ -86,6 +90,7 @@ class DetectorConfig:
         "bank_dtype": BANK_DTYPE_NAMES,
         "normalization": NORMALIZATIONS,
         "align": ALIGN_MODES,
+        "align_frame": ALIGN_FRAMES,
     }
     #: String fields with a format (vsad.validation.Pattern).
     PATTERNS: ClassVar[dict[str, Pattern]] = {"device": DEVICE_PATTERN}
@@ -186,6 +191,7 @@ class VSADConfig(DetectorConfig):
         "encoder_stages": list(DEFAULT_STAGES),
         "encoder_channels": None,
         "align": "none",  # views registered by default since the real-photo benchmark
+        "align_frame": "first",  # the frame at the median placement since 2026-12-07
     }
 
     # Every view registered to its camera's reference view (vsad/detector/alignment.py): on
@@ -357,6 +363,7 @@ class PatchKNNConfig(DetectorConfig):
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
         "backbone": "pixels",
         "backbone_stages": list(DEFAULT_STAGES),
+        "align_frame": "first",
     }
 
     patch_size: int = 4  # backbone="pixels" only
@@ -388,7 +395,7 @@ class PatchCoreConfig(PatchKNNConfig):
     reduced to 10 % by the greedy k-center coreset, raw nearest-neighbour distances, 256²
     input, Gaussian σ = 4 on the maps."""
 
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"align_frame": "first"}
 
     image_size: int = 256
     backbone: str = "efficientnet-lite0"
