@@ -199,8 +199,7 @@ class BankDetector:
         if self.aligner is not None and self.config.align_frame == "median":
             self.aligner.centre_frame([registration for _, _, registration in read])
         images, raw_views = [], []
-        while read:
-            tensor, views, registration = read.pop(0)
+        for tensor, views, registration in read:
             if self.aligner is not None:
                 matrices = self.aligner.in_frame(*registration)
                 tensor = self.aligner.to_reference(tensor, matrices)
