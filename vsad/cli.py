@@ -35,6 +35,8 @@ from vsad.cli_decisions import (
     total_line,
     write_decisions,
 )
+from vsad.data.sample import MAX_READ_SIZE
+from vsad.output_paths import check_input_file, check_output_folder
 
 MODELS = {"vsad": "VSAD", "patchknn": "PatchKNN", "patchcore": "PatchCore"}
 
@@ -79,8 +81,10 @@ def _open(args, split: str, category: str | None = None):
 
     category = category or args.category
     options = {}
-    if getattr(args, "image_size", None):
+    if getattr(args, "image_size", None) is not None:
         options["image_size"] = args.image_size
+    if getattr(args, "allow_outside_root", False):
+        options["allow_outside_root"] = True
     return open_dataset(args.data, category, split, format=args.format, **options)
 
 
@@ -90,6 +94,37 @@ def _add_device_argument(parser: argparse.ArgumentParser, what: str, default: st
         default=None,
         help=f"where {what} runs: cpu, cuda (the current GPU) or cuda:N (default: {default})",
     )
+
+
+def _int_in(lo: int, hi: int | None):
+    """An argparse type: an integer in [lo, hi] (hi None: no upper bound), else a usage error
+    that names the value and the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            upper = f" and <= {hi}" if hi is not None else ""
+            raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= {lo}{upper}")
+        return value
+
+    return parse
+
+
+def _check_homographies_option(args: argparse.Namespace, detector) -> None:
+    """--homographies must name a file, and one the model reads: only a VSAD with UNet levels
+    uses homographies (MVAM and cross-view fusion); any other model would ignore it."""
+    if args.homographies is None:
+        return
+    check_input_file(args.homographies, "--homographies")
+    if not getattr(detector, "uses_unet", False):
+        raise ValueError(
+            f"--homographies: given {args.homographies!r}, but this {type(detector).__name__} "
+            "does not use homographies (only a VSAD with UNet feature_levels does); drop the "
+            "option"
+        )
 
 
 def _load(path: Path, args: argparse.Namespace):
@@ -111,9 +146,16 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> N
     parser.add_argument("--category", required=required, help="category (object class) name")
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=_int_in(1, MAX_READ_SIZE),
         default=None,
-        help="resize every view to this size on load (default: native size)",
+        help="resize every view to this size² on load (1 to "
+        f"{MAX_READ_SIZE}; default: native size)",
+    )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="Real-IAD: read image/mask paths of the dataset json that lead outside the "
+        "dataset root (absolute or ../); refused by default",
     )
 
 
@@ -160,6 +202,8 @@ def _train(args: argparse.Namespace) -> int:
         config = config.with_overrides({"device": args.device})
     detector = cls(config)
     detector.device  # noqa: B018 - a device this machine lacks fails before anything is read
+    check_output_folder(args.out, "--out")
+    _check_homographies_option(args, detector)
     if "WORLD_SIZE" in os.environ:  # under torchrun (or --nproc): vsad.distributed
         return _train_distributed(args, cls, config, detector)
     train = _open(args, "train")
@@ -167,7 +211,7 @@ def _train(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"vsad train: the train split of {args.category!r} in {args.data} is empty"
         )
-    if args.max_train:
+    if args.max_train is not None:
         from torch.utils.data import Subset
 
         train = Subset(train, range(min(args.max_train, len(train))))
@@ -231,7 +275,7 @@ def _train_distributed(args, cls, config, detector) -> int:
             raise SystemExit(
                 f"vsad train: the train split of {args.category!r} in {args.data} is empty"
             )
-        if args.max_train:
+        if args.max_train is not None:
             from torch.utils.data import Subset
 
             train = Subset(train, range(min(args.max_train, len(train))))
@@ -281,24 +325,12 @@ def _train_distributed(args, cls, config, detector) -> int:
 
 def _run_info(run: Path) -> dict:
     """run.json of a `vsad train` folder, checked for what the commands read from it."""
+    from vsad.saved_files import read_run_info
+
     path = run / "run.json"
-    if not path.is_file():
+    if not path.exists():
         raise SystemExit(f"vsad: --run {run}: no run.json there; expected a `vsad train` folder")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"--run: '{path}' is not valid JSON ({err})") from None
-    data = info.get("data") if isinstance(info, dict) else None
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"--run: '{path}' has no \"data\" object (got {data!r}); expected the run.json "
-            "`vsad train` writes, or pass --data and --category"
-        )
-    for key, kinds in (("root", (str,)), ("category", (str,)), ("format", (str,)),
-                       ("image_size", (int, type(None)))):  # fmt: skip
-        if key in data and not isinstance(data[key], kinds):
-            raise ValueError(f"--run: '{path}' data[{key!r}] is {data[key]!r}, of the wrong type")
-    return info
+    return read_run_info(path)
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -317,6 +349,7 @@ def _test(args: argparse.Namespace) -> int:
     status = _relaunch(args)  # after the checks above, which are the same on every rank
     if status is not None:
         return status
+    check_output_folder(args.out or run / "test" / args.category, "--out")
     if "WORLD_SIZE" in os.environ:  # under torchrun (or --nproc): vsad.distributed
         return _test_distributed(args, run, info)
     detector = _load(run / "model", args)
@@ -434,9 +467,9 @@ def _predict(args: argparse.Namespace) -> int:
     from vsad.viz import save_overlays
 
     run = Path(args.run)
+    out = check_output_folder(args.out or run / "predictions", "--out")
     detector = _load(run / "model" if (run / "model").is_dir() else run, args)
     groups = _group([Path(p) for p in args.images], detector.num_views)
-    out = Path(args.out) if args.out else run / "predictions"
     results, records = [], []
     for sample_id, group in groups:
         images = [read_image(p) for p in group]
@@ -482,6 +515,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from vsad.demo import run_demo
 
+    check_output_folder(args.out, "--out")
     run_demo(
         Path(args.out),
         photos=args.photos,
@@ -522,7 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON file with a config (see VSADConfig)")
     train.add_argument("--model", default="vsad", choices=sorted(MODELS), help="detector")
     train.add_argument("--homographies", help="file with the views' homographies (else estimated)")
-    train.add_argument("--max-train", type=int, help="use only the first N training samples")
+    train.add_argument(
+        "--max-train",
+        type=_int_in(1, None),
+        help="use only the first N >= 1 training samples (default: all)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument(
         "--nproc",
@@ -544,9 +582,14 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--run", required=True, help="run folder written by `vsad train`")
     _add_data_arguments(test, required=False)
     test.add_argument("--out", help="output folder (default RUN/test/<category>)")
-    test.add_argument("--overlays", type=int, default=16, help="overlay panels to draw")
     test.add_argument(
-        "--worst", type=int, default=4, help="worst false rejects and escapes in report.html"
+        "--overlays", type=_int_in(0, None), default=16, help="overlay panels to draw (0: none)"
+    )
+    test.add_argument(
+        "--worst",
+        type=_int_in(0, None),
+        default=4,
+        help="worst false rejects and escapes in report.html (0: none)",
     )
     test.add_argument("--quiet", action="store_true", help="no progress bars")
     test.add_argument(
@@ -609,7 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for `vsad train --nproc N`
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
+        # ValueError: bad input (vsad's own errors: DatasetError, SavedFileError,
+        # OutputPathError, ... subclass it); OSError: a file the system refused to read or
+        # write (missing, permissions, a full disk), named by its message.
         print(f"vsad {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -75,16 +75,35 @@ def check_split(split: str) -> str:
     return split
 
 
+#: The largest size a reader resizes views to: 16384² RGB is 805 MB per view as uint8, and
+#: OpenCV's resize refuses sides beyond 32767 (a larger value is a typo, not a wish).
+MAX_READ_SIZE = 16384
+
+
 def normalize_image_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    """None (keep native size), an int (square) or (height, width) -> (height, width) | None."""
+    """None (keep native size), an int (square) or (height, width) -> (height, width) | None;
+    each side an integer in 1..MAX_READ_SIZE (not a bool, a float or a string)."""
     if image_size is None:
         return None
-    if isinstance(image_size, (int, np.integer)):
+
+    def is_int(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if is_int(image_size):
         size = (int(image_size), int(image_size))
+    elif (
+        isinstance(image_size, (list, tuple))
+        and len(image_size) == 2
+        and all(is_int(s) for s in image_size)
+    ):
+        size = (int(image_size[0]), int(image_size[1]))
     else:
-        size = tuple(int(s) for s in image_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image_size: got {image_size!r}, expected an int or (height, width) >= 1")
+        size = None
+    if size is None or not all(1 <= s <= MAX_READ_SIZE for s in size):
+        raise ValueError(
+            f"image_size: got {image_size!r}, expected None, an integer or (height, width) "
+            f"integers in 1..{MAX_READ_SIZE}"
+        )
     return size  # type: ignore[return-value]
 
 

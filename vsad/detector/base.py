@@ -416,11 +416,12 @@ class BankDetector:
         """Rewrites only the thresholds in a saved detector's detector.json (atomically)."""
         from vsad._atomic import atomic_write_json
         from vsad.eval.report import _sanitize
+        from vsad.saved_files import read_json_object
 
         path = Path(directory) / META_FILE
         if not path.is_file():
             raise FileNotFoundError(f"directory: '{directory}' holds no {META_FILE}")
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = read_json_object(path, what="a detector description (JSON object)")
         meta["thresholds"] = _sanitize(self.thresholds)
         atomic_write_json(path, meta)
         return path
@@ -433,9 +434,10 @@ class BankDetector:
         from safetensors.torch import save_file
 
         import vsad
+        from vsad.output_paths import check_output_folder
 
         self._check_fitted()
-        directory = Path(directory)
+        directory = check_output_folder(directory, "directory")
         # The device is the loading machine's choice (load(device=...)), not the model's.
         config = {k: v for k, v in self.config.to_dict().items() if k not in RUNTIME_KEYS}
         meta = {
@@ -469,7 +471,8 @@ class BankDetector:
         """Loads what save() wrote onto `device` ("cpu" by default, "cuda", "cuda:N"; the
         device a model was fitted on is not saved). On the device it was saved from, scores
         are bit-identical to the saved detector's."""
-        from safetensors.torch import load_file
+        from vsad.detector import saved_detector as saved_checks
+        from vsad.saved_files import fail, read_header, read_safetensors
 
         directory = Path(directory)
         meta_path = directory / META_FILE
@@ -478,12 +481,9 @@ class BankDetector:
                 f"directory: '{directory}' holds no {META_FILE}; expected a folder written by "
                 "save() (or a `vsad train` run folder's model/)"
             )
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{meta_path}: not valid JSON ({err})") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+        from vsad.saved_files import read_json_object
+
+        meta = read_json_object(meta_path, what="a detector description (JSON object)")
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(
                 f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}"
@@ -497,28 +497,36 @@ class BankDetector:
         config_class = target.config_class
         legacy = copy.deepcopy(config_class.LEGACY_DEFAULTS)  # holds lists: never share them
         _check_meta(meta, meta_path)
+        saved_checks.check_meta(meta, meta_path)
         # A "device" in a hand-edited detector.json is not the loading machine's: ignored.
         saved = {k: v for k, v in meta["config"].items() if k not in RUNTIME_KEYS}
-        detector = target(config_class.from_dict({**legacy, **saved, "device": device}))
+        try:
+            config = config_class.from_dict({**legacy, **saved, "device": device})
+        except ValueError as err:
+            if "device" in str(err).split(":")[0]:
+                raise
+            raise fail(meta_path, f"its config is not valid ({err})") from None
+        detector = target(config)
         resolved = detector.device  # a device this machine lacks fails here, before any reading
         detector.num_views, detector.view_size = meta["num_views"], tuple(meta["view_size"])
         weights = directory / WEIGHTS_FILE
-        tensors = load_file(weights) if weights.is_file() else {}
+        tensors = read_safetensors(weights)[0] if weights.exists() else {}
         if detector.config.align != "none":
-            if detector.config.align_frame != "first" and "align.frame" not in tensors:
-                raise ValueError(
-                    f"{weights}: 'align.frame' is missing, expected with align_frame="
-                    f"{detector.config.align_frame!r} (the frame the model was fitted in)"
-                )
+            saved_checks.check_align_file(tensors, detector.num_views, detector.view_size,
+                weights, frame=detector.config.align_frame != "first")  # fmt: skip
             detector.aligner = ViewAligner.from_tensors(tensors)
         tensors = {k: v for k, v in tensors.items() if not k.startswith("align.")}
+        detector._weights_file = weights  # named by the subclass's checks of its tensors
         detector._load_state(tensors, meta)
+        bank_path = directory / BANK_FILE
         if banks_loader is None:
-            detector.banks = FeatureBanks.from_tensors(
-                meta["banks"], load_file(directory / BANK_FILE), device=resolved
-            )
+            bank_tensors, specs, _ = read_safetensors(bank_path)
+            saved_checks.check_bank_file(meta["banks"], specs, bank_path)
+            saved_checks.check_bank_values(bank_tensors, bank_path)
+            detector.banks = FeatureBanks.from_tensors(meta["banks"], bank_tensors, device=resolved)
         else:  # e.g. vsad.distributed.bank.sharded_banks_loader: (settings, path, device)
-            detector.banks = banks_loader(meta["banks"], directory / BANK_FILE, resolved)
+            saved_checks.check_bank_file(meta["banks"], read_header(bank_path)[0], bank_path)
+            detector.banks = banks_loader(meta["banks"], bank_path, resolved)
         from vsad.detector.calibration import warn_uncalibrated
         from vsad.detector.thresholds import check_thresholds
 
@@ -549,9 +557,11 @@ def _check_meta(meta: dict, path: Path) -> None:
          and all(isinstance(x, int) and x >= 1 for x in v), "[height, width]"),
         ("banks", lambda v: isinstance(v, dict), "an object"),
     )  # fmt: skip
+    from vsad.saved_files import fail
+
     for key, ok, expected in checks:
         if key not in meta or not ok(meta[key]):
-            raise ValueError(f"{path}: {key!r} is {meta.get(key)!r}, expected {expected}")
+            raise fail(path, f"{key!r} is {meta.get(key)!r:.80}, expected {expected}")
 
 
 def load_detector(directory: str | Path, *, device: str = "cpu") -> BankDetector:

@@ -82,7 +82,8 @@ def validation_scores(detector, split, *, progress: bool = True) -> dict:
     seen: deque = deque()
 
     def stream():
-        for sample in split:
+        for index, sample in enumerate(split):
+            _check_labelled(sample, index)
             seen.append(sample)
             yield sample
 
@@ -96,6 +97,19 @@ def validation_scores(detector, split, *, progress: bool = True) -> dict:
         "sample": (np.asarray(sample_scores), np.asarray(sample_labels, bool)),
         "view": (np.asarray(view_scores), np.asarray(view_labels, bool)),
     }
+
+
+def _check_labelled(sample, index: int) -> None:
+    """A calibration sample carries its labels: a vsad.data.MultiViewSample (what the readers
+    yield), not bare images, whose normal/defective status nobody knows."""
+    label = getattr(sample, "label", None)
+    view_labels = getattr(sample, "view_labels", None)
+    if label is None or view_labels is None:
+        raise ValueError(
+            f"split[{index}]: got {type(sample).__name__}, expected a labelled "
+            "vsad.data.MultiViewSample (with label and view_labels, as open_dataset yields); "
+            "thresholds from a split need to know which samples are normal"
+        )
 
 
 def thresholds_from_validation(scores: dict, *, fpr: float | None = None, f1: bool = False) -> dict:

@@ -142,11 +142,13 @@ class DetectorConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> DetectorConfig:
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config: '{path}' is a folder, expected a JSON file")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"config: file '{path}' does not exist") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"config: '{path}' is not valid JSON ({err})") from None
         if isinstance(data, dict) and isinstance(data.get("config"), dict):
             data = data["config"]  # a run.json or detector.json holds the config inside

@@ -35,6 +35,11 @@ def views_of(sample, *, where: str = "views") -> list[np.ndarray]:
         arr = view.detach().cpu().numpy() if isinstance(view, torch.Tensor) else np.asarray(view)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"{where}[{k}]: got shape {arr.shape}, expected (H, W, 3) RGB")
+        if arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise ValueError(
+                f"{where}[{k}]: got an empty image of shape {arr.shape}, expected (H, W, 3) "
+                "with H, W >= 1"
+            )
         if arr.dtype != np.uint8:
             if not np.issubdtype(arr.dtype, np.floating):
                 raise ValueError(

@@ -311,9 +311,11 @@ class VSAD(BankDetector):
         return {"homography_report": None if report is None else [r.to_dict() for r in report]}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        from vsad import geometry
+        from vsad.detector.saved_detector import check_vsad_weights, homographies_from
 
         self._build()
+        weights = getattr(self, "_weights_file", "weights.safetensors")
+        check_vsad_weights(self, tensors, weights)
         encoder_state = {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
         expected = set(self._encoder_state())
         if set(encoder_state) != expected:
@@ -330,13 +332,6 @@ class VSAD(BankDetector):
         self.null_text = tensors["null_text"].to(self.device)
         # The pair report decides which pairs cross-view fusion leaves out (fallbacks), so it
         # must come back with the matrices for the scores to be the saved detector's.
-        report = meta.get("homography_report") or []
-        if not isinstance(report, list):
-            raise ValueError(f"detector.json: homography_report is {report!r}, expected a list")
-        self.homographies = geometry.ViewHomographies(
-            H=tensors["homography.H"].numpy(),
-            neighbors=tensors["homography.neighbors"].numpy(),
-            image_size=self.view_size,
-            report=[geometry.PairReport.from_dict(r, "detector.json") for r in report],
-        )
+        report = meta.get("homography_report") or []  # a list (saved_detector.check_meta)
+        self.homographies = homographies_from(tensors, report, self.view_size, weights)
         self.model.eval()
