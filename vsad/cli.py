@@ -617,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_argument(predict, "prediction")
     predict.set_defaults(func=_predict)
 
+    from vsad.cli_serve import add_serve_parsers
+
+    add_serve_parsers(sub)  # vsad export, vsad serve
+
     demo = sub.add_parser(
         "demo",
         help="fit, evaluate and draw the default model on a synthetic category from the "

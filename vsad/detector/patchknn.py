@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from vsad.detector.base import BankDetector, register_detector, stage
 from vsad.detector.config import PatchCoreConfig, PatchKNNConfig
-from vsad.model.pretrained import PretrainedFeatures
+from vsad.model.pretrained import PretrainedFeatures, make_features
 
 
 @register_detector
@@ -36,7 +36,7 @@ class PatchKNN(BankDetector):
         weights package — a saved detector does not store it."""
         c = self.config
         if c.backbone != "pixels" and self._backbone is None:
-            self._backbone = PretrainedFeatures(c.backbone, c.backbone_stages).to(self.device)
+            self._backbone = make_features(c.backbone, c.backbone_stages).to(self.device)
         return self._backbone
 
     def _move_to(self, device: torch.device) -> None:

