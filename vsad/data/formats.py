@@ -56,6 +56,11 @@ def open_dataset(
     format = detect_format(root) if format == "auto" else format
     if format == "realiad":
         return RealIADDataset(root, category, split, **options)
+    if options.pop("allow_outside_root", False):
+        raise ValueError(
+            f"allow_outside_root: only Real-IAD reads file paths from a json; this "
+            f"{format} dataset's files are listed from its folders"
+        )
     if format == "manta":
         return MantaTinyDataset(root, category, split, **options)
     if format == "folder":

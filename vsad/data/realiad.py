@@ -22,8 +22,9 @@ nothing here parses them, only the folder and the trailing ``_C<k>_<timestamp>``
 from __future__ import annotations
 
 import json
+import posixpath
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from vsad.data.errors import DatasetError, MissingFileError
 from vsad.data.sample import (
@@ -101,13 +102,18 @@ class RealIADDataset(MultiViewDataset):
         split: "train" or "test".
         resolution: which realiad_<res> folder to read (1024, 512, 256, "raw"); None takes the
             first present in that order.
-        num_views: views per sample (5 in Real-IAD); None accepts any count shared by all
-            samples.
+        num_views: views per sample; None (default) accepts any count shared by all samples,
+            with the same camera indices in every sample — Real-IAD as published has 5
+            (C1–C5), and `write_realiad` writes a category's own M, so a 3-view category it
+            wrote reads back. Pass 5 to insist on the published count.
         image_size: resize views (and masks, nearest) to this size on load; None keeps it.
         load_masks: read ground-truth masks (default: for the test split only).
         check_files: check at construction that every referenced file exists, so a missing
             file fails at once with its path rather than midway through an evaluation.
         json_dir: name of the json folder (Real-IAD ships variants such as realiad_jsons_sv).
+        allow_outside_root: read image and mask paths of the json that lead outside the
+            dataset root (absolute, or climbing out with ../). Refused by default: a dataset
+            json is data, and must not make the reader open arbitrary files.
     """
 
     def __init__(
@@ -117,13 +123,15 @@ class RealIADDataset(MultiViewDataset):
         split: str = "test",
         *,
         resolution: int | str | None = None,
-        num_views: int | None = 5,
+        num_views: int | None = None,
         image_size: int | tuple[int, int] | None = None,
         load_masks: bool | None = None,
         check_files: bool = True,
         json_dir: str = "realiad_jsons",
+        allow_outside_root: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.allow_outside_root = bool(allow_outside_root)
         self.category = category
         self.split = check_split(split)
         self.image_size = normalize_image_size(image_size)
@@ -153,6 +161,8 @@ class RealIADDataset(MultiViewDataset):
             )
         self.normal_class = str(self.meta.get("normal_class", "OK"))
         prefix = str(self.meta.get("prefix", f"{category}/"))
+        self._prefix = prefix
+        self._check_inside(prefix, "meta['prefix']", under_prefix=False)
         self.image_root = self._find_image_root(resolution, prefix, entries)
         self.records = self._group(entries)
         self.num_views = self._check_view_counts(num_views)
@@ -210,10 +220,29 @@ class RealIADDataset(MultiViewDataset):
                 f"'{self.json_path}': entry {index} of the {self.split} split has {key!r} = "
                 f"{value!r}, expected a non-empty string" + (" or null" if optional else "")
             )
+        if key.endswith("_path"):
+            self._check_inside(value, f"entry {index} of the {self.split} split: {key!r}")
         return value
+
+    def _check_inside(self, value: str, what: str, *, under_prefix: bool = True) -> None:
+        """A path of the json (below realiad_<res>/ and the prefix) stays inside the dataset
+        root, unless allow_outside_root: not absolute, no ../ that climbs out (checked on the
+        text, so a symlinked image folder is fine)."""
+        if self.allow_outside_root:
+            return
+        text = value.replace("\\", "/")
+        parts = ["realiad_res", self._prefix, text] if under_prefix else ["realiad_res", text]
+        normal = posixpath.normpath(posixpath.join(*parts))
+        if posixpath.isabs(normal) or PureWindowsPath(value).drive or normal.startswith(".."):
+            raise DatasetError(
+                f"'{self.json_path}': {what} is {value!r}, a path that leads outside the "
+                f"dataset root '{self.root}'; expected a path inside it (pass "
+                "allow_outside_root=True, or --allow-outside-root, to read it)"
+            )
 
     def _group(self, entries: list) -> list[SampleRecord]:
         folders: dict[str, list[tuple[int, dict]]] = {}
+        self._cameras: dict[str, list[int]] = {}
         for i, entry in enumerate(entries):
             image_path = self._entry_field(entry, "image_path", i)
             self._entry_field(entry, "anomaly_class", i)
@@ -224,6 +253,7 @@ class RealIADDataset(MultiViewDataset):
         for folder, views in folders.items():
             views.sort(key=lambda kv: kv[0])
             cams = [k for k, _ in views]
+            self._cameras[folder] = cams
             if len(set(cams)) != len(cams):
                 raise DatasetError(
                     f"sample folder '{self.image_root / folder}' lists camera indices {cams} in "
@@ -260,6 +290,17 @@ class RealIADDataset(MultiViewDataset):
                     f"sample folder '{self.image_root / record.sample_id}' has "
                     f"{len(record.image_paths)} views in '{self.json_path}', expected {expected} "
                     f"(view counts seen: {sorted(counts)})"
+                )
+        # View k of every sample must be the same camera: models keep one bank per view.
+        first = self.records[0]
+        cameras = self._cameras[first.sample_id]
+        for record in self.records:
+            if self._cameras[record.sample_id] != cameras:
+                raise DatasetError(
+                    f"sample folder '{self.image_root / record.sample_id}' has cameras "
+                    f"{self._cameras[record.sample_id]} in '{self.json_path}', but "
+                    f"'{self.image_root / first.sample_id}' has {cameras}: every sample needs "
+                    "the same cameras (view k of each sample is one camera)"
                 )
         return expected
 

@@ -23,13 +23,18 @@ from vsad.model.pretrained import (
 )
 from vsad.model.training import TrainConfig
 from vsad.model.view_aligned_unet import AUTOCAST_DTYPES, PLACEMENTS
-from vsad.validation import Bound, Pattern, above, at_least, between, check_fields, check_patterns
+from vsad.validation import Bound, Pattern, between, check_fields, check_patterns
 
 ENCODERS = ("unshuffle", "vae", *PRETRAINED_ENCODERS)
 BACKBONES = ("pixels", *PRETRAINED_ENCODERS)
 #: The downsampling of the UNet's encoder path (the input grid must divide by it).
 UNET_DOWNSAMPLING = 8
 BANK_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+#: Upper bounds shared by several fields (the BOUNDS tables say why each).
+MAX_IMAGE_SIZE = 4096
+MAX_CHANNELS = 4096
+MAX_VIEWS = 64
+MAX_SEED = 2**32 - 1
 VIEW_GRAPHS = tuple(k for k in GRAPH_KINDS if k != "explicit")  # explicit: set `neighbors`
 
 
@@ -72,17 +77,29 @@ class DetectorConfig:
     # are then smallest), "first" = at the first training unit's (vsad/detector/alignment.py).
     align_frame: str = "median"
 
-    #: Ranges of the numeric fields (types come from the annotations; vsad.validation).
+    #: Ranges of the numeric fields (types come from the annotations; vsad.validation). Every
+    #: field has an upper bound that keeps a run feasible; a larger value is a typo (1e21 ended
+    #: in cv2 / custom-op / overflow errors deep inside fit). Why each bound:
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "threshold_fpr": between(0, 1, lo_open=True, hi_open=True),
-        "image_size": at_least(1),
-        "bank_radius": at_least(0),
+        # Views are resized to image_size² and every feature grid and bank grows with its
+        # square: at 4096² one five-view sample is 1 GB of float32 input; OpenCV stops at 32767.
+        "image_size": between(1, MAX_IMAGE_SIZE),
+        # The local search compares (2ρ + 1)² cells per query: at 64 that is 16641, more than
+        # a global search over a 128² grid (use bank_mode="global" then).
+        "bank_radius": between(0, 64),
         "coreset_ratio": between(0, 1, lo_open=True),
-        "level_weights": at_least(0),
-        "feature_pool": at_least(1),
-        "smoothing_sigma": at_least(0),
-        "batch_size": at_least(1),
-        "seed": at_least(0),
+        # Relative weights of eq. 12: 1e6 already hides every other level in float32.
+        "level_weights": between(0, 1e6),
+        # An average over pool² cells: at 64 it spans more than the 48-cell grid of 384².
+        "feature_pool": between(1, 64),
+        # In view pixels, the kernel is truncated at 4σ: 512 px flattens any map (1e300
+        # overflowed the kernel size).
+        "smoothing_sigma": between(0, 512),
+        # Samples per inference batch: 1024 five-view samples at 384² are 9 GB of input.
+        "batch_size": between(1, 1024),
+        # Seeds of torch and NumPy generators are portable in 32 bits.
+        "seed": between(0, MAX_SEED),
     }
     #: Fields that take one of a few values.
     CHOICES: ClassVar[dict[str, tuple]] = {
@@ -257,15 +274,26 @@ class VSADConfig(DetectorConfig):
     autocast: str = "none"
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
-        "unshuffle_factor": at_least(1),
-        "encoder_channels": at_least(1),
-        "window": at_least(1),
-        "head_dim": at_least(1),
-        "neighbors_per_view": at_least(1),
-        "homography_samples": at_least(1),
-        "inversion_steps": at_least(0),
-        "t_end": above(0),
-        "view_fusion": at_least(0),
+        # f×f pixel patches give 3f² channels: 12288 at 64.
+        "unshuffle_factor": between(1, 64),
+        # Pretrained encoders check it against their stages' channels; 4096 for any encoder.
+        "encoder_channels": between(1, MAX_CHANNELS),
+        # MVAM attends to R² positions per neighbour and query (the paper uses 3–5).
+        "window": between(1, 15),
+        "head_dim": between(1, MAX_CHANNELS),
+        # A view graph cannot have more neighbours than cameras; 64 cameras is beyond any rig.
+        "neighbors_per_view": between(1, MAX_VIEWS - 1),
+        # Pairs of view indices (checked against the cameras at fit).
+        "neighbors": between(0, MAX_VIEWS - 1),
+        # Raw training samples kept in memory for the pooled homography estimate.
+        "homography_samples": between(1, 10_000),
+        # Each inversion step is one UNet pass per predicted sample.
+        "inversion_steps": between(0, 1000),
+        "t_end": between(0, 10_000, lo_open=True),  # below train.num_train_timesteps
+        # UNet decoder levels, counted from either end (checked against the UNet at build).
+        "feature_levels": between(-64, 63),
+        # Neighbours' weight against the view's own features: at 100 the own view is ~1 %.
+        "view_fusion": between(0, 100),
     }
     CHOICES: ClassVar[dict[str, tuple]] = {
         "encoder": ENCODERS,
@@ -277,6 +305,7 @@ class VSADConfig(DetectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_unet_overrides(self.unet)
         if self.stable_diffusion and not self.feature_levels:
             raise ValueError(
                 f"feature_levels: got [] with stable_diffusion={self.stable_diffusion!r}; a "
@@ -372,7 +401,8 @@ class PatchKNNConfig(DetectorConfig):
     backbone: str = "pixels"  # or "efficientnet-lite0" / "-lite1" / "-lite2"
     backbone_stages: list[int] = field(default_factory=lambda: list(DEFAULT_STAGES))
 
-    BOUNDS: ClassVar[dict[str, Bound]] = {"patch_size": at_least(1)}
+    # f×f pixel patches give 3f² channels: 12288 at 64.
+    BOUNDS: ClassVar[dict[str, Bound]] = {"patch_size": between(1, 64)}
     CHOICES: ClassVar[dict[str, tuple]] = {"backbone": BACKBONES}
 
     def __post_init__(self) -> None:
@@ -417,6 +447,71 @@ UNET_PIPELINE: dict[str, Any] = {
     "feature_pool": 3,
     "align": "none",
 }
+
+
+#: The keys of `unet` (overrides of the tiny UNet, vsad.model.backbone.TINY_UNET): what each
+#: must be. Bounds keep a UNet trainable on one machine: widths up to 4096 channels, up to 4
+#: blocks (the image-size checks assume the UNet's 8× downsampling), 8 layers per block.
+UNET_BLOCKS = {
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+}
+UNET_INTS = {
+    "sample_size": (1, MAX_IMAGE_SIZE),
+    "layers_per_block": (1, 8),
+    "cross_attention_dim": (1, MAX_CHANNELS),
+    "attention_head_dim": (1, MAX_CHANNELS),
+    "norm_num_groups": (1, MAX_CHANNELS),
+}
+#: Set by the detector from the encoder's latent channels, never by the user.
+UNET_DERIVED = ("in_channels", "out_channels")
+
+
+def check_unet_overrides(unet: dict) -> None:
+    """`unet` validated like the other fields: known keys only, integers in range, widths a
+    list of 1–4 integers that the group norm divides, block types from diffusers' 2-D blocks,
+    one per width — errors named "unet.<key>" instead of a TypeError from inside diffusers."""
+    known = sorted([*UNET_INTS, "block_out_channels", *UNET_BLOCKS])
+    for key in unet:
+        if key in UNET_DERIVED:
+            raise ValueError(
+                f"unet.{key}: set from the encoder's latent channels, expected it left out"
+            )
+        if key not in known:
+            raise ValueError(f"unet: unknown key {key!r}; known keys: {known}")
+    merged = {**TINY_UNET, **unet}
+    for key, (lo, hi) in UNET_INTS.items():
+        value = merged[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"unet.{key}: got {value!r}, expected an integer in {lo}..{hi}")
+    widths = merged["block_out_channels"]
+    if (
+        not isinstance(widths, (list, tuple))
+        or not 1 <= len(widths) <= 4
+        or not all(isinstance(w, int) and not isinstance(w, bool) for w in widths)
+        or not all(1 <= w <= MAX_CHANNELS for w in widths)
+    ):
+        raise ValueError(
+            f"unet.block_out_channels: got {widths!r}, expected a list of 1 to 4 integers in "
+            f"1..{MAX_CHANNELS} (one width per UNet block)"
+        )
+    groups = merged["norm_num_groups"]
+    if any(w % groups for w in widths):
+        raise ValueError(
+            f"unet.block_out_channels: got {list(widths)}, expected multiples of "
+            f"unet.norm_num_groups ({groups}: group normalisation splits each width into groups)"
+        )
+    for key, allowed in UNET_BLOCKS.items():
+        blocks = merged[key]
+        if (
+            not isinstance(blocks, (list, tuple))
+            or len(blocks) != len(widths)
+            or not all(isinstance(b, str) and b in allowed for b in blocks)
+        ):
+            raise ValueError(
+                f"unet.{key}: got {blocks!r}, expected a list of {len(widths)} block names (one "
+                f"per entry of block_out_channels), each one of {allowed}"
+            )
 
 
 def _train_config(section: dict) -> TrainConfig:

@@ -53,19 +53,53 @@ def load_stable_diffusion(folder: str | Path) -> tuple[nn.Module, nn.Module]:
                 f"diffusers layout with subfolders {sorted(SD_PARTS)} (e.g. a local copy of "
                 f"stabilityai/stable-diffusion-2-base saved with save_pretrained)"
             )
-    kwargs = {"local_files_only": True}
+    # safetensors only: a pickled diffusion_pytorch_model.bin could run code when unpickled.
+    kwargs = {"local_files_only": True, "use_safetensors": True}
     if importlib.util.find_spec("accelerate") is None:
         # Without accelerate diffusers warns on every load and falls back to this anyway.
         kwargs["low_cpu_mem_usage"] = False
-    unet = UNet2DConditionModel.from_pretrained(
-        root, subfolder="unet", variant=_weights_variant(root / "unet"), **kwargs
-    )
-    vae = AutoencoderKL.from_pretrained(
-        root, subfolder="vae", variant=_weights_variant(root / "vae"), **kwargs
-    )
+    loaded = []
+    for part, model_class in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        variant = _weights_variant(root / part)
+        _check_weights(root / part, variant)
+        try:
+            loaded.append(
+                model_class.from_pretrained(root, subfolder=part, variant=variant, **kwargs)
+            )
+        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:
+            from vsad.saved_files import SavedFileError
+
+            raise SavedFileError(
+                f"stable diffusion folder: '{root / part}' cannot be loaded as a diffusers "
+                f"{model_class.__name__} ({type(err).__name__}: {str(err)[:300]}); expected "
+                "a folder written by save_pretrained (config.json + safetensors weights)"
+            ) from None
+    unet, vae = loaded
     # Half-precision downloads are common; the CPU kernels compute in float32 anyway.
     unet, vae = unet.float(), vae.float()
     return unet, vae
+
+
+def _check_weights(part: Path, variant: str | None) -> None:
+    """The part's weights are safetensors with a readable header; pickled .bin weights are
+    refused unread (unpickling can run arbitrary code), naming the file and the conversion."""
+    from vsad.saved_files import SavedFileError, read_header
+
+    stem = "diffusion_pytorch_model" + (f".{variant}" if variant else "")
+    single = part / f"{stem}.safetensors"
+    if single.is_file():
+        read_header(single, remedy="restore the Stable Diffusion folder from its source")
+        return
+    if (part / f"{stem}.safetensors.index.json").is_file():
+        return  # sharded: diffusers checks the shards it lists
+    pickled = sorted(p.name for p in part.glob(f"{stem}.bin*"))
+    if pickled:
+        raise SavedFileError(
+            f"stable diffusion folder: '{part / pickled[0]}' holds pickled weights, refused "
+            "unread (unpickling can run arbitrary code); expected "
+            f"{stem}.safetensors — convert it once where you trust the file (diffusers: "
+            "from_pretrained(...).save_pretrained(folder, safe_serialization=True))"
+        )
 
 
 def _weights_variant(part: Path) -> str | None:

@@ -21,7 +21,17 @@ from torch import nn
 
 from vsad.model.losses import REFINE_MODES, refine_loss
 from vsad.model.view_aligned_unet import ViewAlignedUNet
-from vsad.validation import above, at_least, check_fields
+from vsad.saved_files import (
+    CHECKPOINT_REMEDY,
+    check_field,
+    check_module_state,
+    check_specs,
+    dtype_code,
+    fail,
+    is_int,
+    read_header,
+)
+from vsad.validation import between, check_fields
 
 VIEW_TIMESTEPS = ("shared", "independent")
 
@@ -43,16 +53,24 @@ class TrainConfig:
     # (measured: MVAM then helps on every seed, but the model is less accurate overall; BENCHMARKS).
     view_timesteps: str = "shared"
 
+    #: Ranges that keep a run feasible (a larger value is a typo); why each upper bound:
     BOUNDS: ClassVar[dict] = {
-        "steps": at_least(1),
-        "batch_size": at_least(1),
-        "grad_accumulation": at_least(1),
-        "lr": above(0),
-        "weight_decay": at_least(0),
-        "refine_weight": at_least(0),
-        "num_train_timesteps": at_least(2),
-        "checkpoint_every": at_least(1),
-        "seed": at_least(0),
+        # At ~0.25 s per step on a CPU, 10⁶ steps are three days.
+        "steps": between(1, 1_000_000),
+        # Samples (of M views) per micro-batch / micro-batches per step: memory and time.
+        "batch_size": between(1, 1024),
+        "grad_accumulation": between(1, 1024),
+        # AdamW moves each parameter by ~lr per step: beyond 1 training diverges at once.
+        "lr": between(0, 1, lo_open=True),
+        # AdamW scales the weights by (1 − lr·wd) per step.
+        "weight_decay": between(0, 1),
+        # λ of L_refine against L_noise (0.1 by default).
+        "refine_weight": between(0, 1000),
+        # The noise schedule's length (Stable Diffusion: 1000).
+        "num_train_timesteps": between(2, 10_000),
+        "checkpoint_every": between(1, 1_000_000),
+        # Seeds of torch and NumPy generators are portable in 32 bits.
+        "seed": between(0, 2**32 - 1),
     }
 
     def __post_init__(self) -> None:
@@ -289,6 +307,7 @@ class VALDMTrainer:
                 f"{self.device.type} (this run's device); resume on {saved_device}, or delete "
                 "the checkpoint to train from scratch"
             )
+        self._check_checkpoint(Path(path), meta, tensors)
         model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model)
         with torch.no_grad():
@@ -311,11 +330,47 @@ class VALDMTrainer:
             {k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()}
             for saved, now in zip(opt["param_groups"], current, strict=True)
         ]
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        self.generator.set_state(tensors["generator"])
+        try:
+            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+            self.generator.set_state(tensors["generator"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as err:
+            raise fail(path, f"its optimizer or generator state does not restore ({err})",
+                       CHECKPOINT_REMEDY) from None  # fmt: skip
         if self.scaler is not None and meta.get("grad_scaler"):
             self.scaler.load_state_dict(meta["grad_scaler"])
         self.step = int(meta["step"])
+
+    def _check_checkpoint(self, path: Path, meta: dict, tensors: dict) -> None:
+        """Every tensor and JSON field load_checkpoint reads, against this trainer's model and
+        optimizer (names, shapes, dtypes, types): a damaged or foreign checkpoint is refused
+        with a message naming it, not a load_state_dict traceback."""
+        check_module_state(self.model.state_dict(), tensors, path, prefix="model.",
+                           what="UNet", remedy=CHECKPOINT_REMEDY)  # fmt: skip
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        expected = {"null_text": (dtype_code(self.null_text.dtype), tuple(self.null_text.shape)),
+                    "generator": ("U8", (None,))}  # fmt: skip
+        check_field(meta, "step", lambda v: is_int(v) and v >= 0, "an integer >= 0", path,
+                    remedy=CHECKPOINT_REMEDY)  # fmt: skip
+        opt = meta.get("optimizer")
+        ok = isinstance(opt, dict) and isinstance(opt.get("param_groups"), list)
+        ok = ok and all(isinstance(g, dict) for g in opt["param_groups"])
+        ok = ok and isinstance(opt.get("state_scalars"), dict)
+        ok = ok and all(isinstance(v, dict) for v in opt["state_scalars"].values())
+        indices = opt.get("state_indices") if ok else None
+        if (
+            not ok
+            or not isinstance(indices, list)
+            or not all(is_int(i) and 0 <= i < len(params) for i in indices)
+        ):
+            raise fail(path, f"its optimizer state {str(opt)[:120]!r} is not an object with "
+                       f"param_groups, state_scalars and state_indices in 0..{len(params) - 1}",
+                       CHECKPOINT_REMEDY)  # fmt: skip
+        for index in indices:
+            shape = tuple(params[index].shape)
+            for key in ("exp_avg", "exp_avg_sq"):
+                expected[f"optimizer.{index}.{key}"] = ("F32", shape)
+        check_specs(tensors, expected, path, remedy=CHECKPOINT_REMEDY,
+                    why=" (this run's model and optimizer)")  # fmt: skip
 
 
 CHECKPOINT_FORMAT = 1
@@ -337,6 +392,15 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         "written by VALDMTrainer.save_checkpoint (pickle checkpoints, e.g. checkpoint.pt of older "
         "versions, are refused: unpickling can run arbitrary code)"
     )
+    from vsad.saved_files import SavedFileError
+
+    try:  # empty, truncated, text or pickle: refused unread, named
+        read_header(path, remedy=CHECKPOINT_REMEDY)
+    except SavedFileError as err:
+        raise SavedFileError(
+            f"checkpoint: {err} (not a vsad safetensors checkpoint; pickle checkpoints are "
+            "refused: unpickling can run arbitrary code)"
+        ) from None
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
