@@ -138,7 +138,7 @@ def export_detector(detector, out: str | Path) -> Path:
 
     import vsad
     from vsad._atomic import atomic_directory
-    from vsad.model.pretrained import PretrainedFeatures
+    from vsad.model.pretrained import PRETRAINED_ENCODERS, PretrainedFeatures, stage_table
 
     detector._check_fitted()
     _refuse_training_stack(detector)
@@ -187,11 +187,13 @@ def export_detector(detector, out: str | Path) -> Path:
                         f"{size[0]}x{size[1]} (max |diff| {(expected - got).abs().max():.3g})"
                     )
                 name = f"backbone{k}_{size[0]}x{size[1]}.pt"
-                torch.jit.save(traced, str(tmp / name))
+                with warnings.catch_warnings():
+                    # torch 2.13 deprecates torch.jit for torch.export, which cannot capture
+                    # the backbone's size-dependent resampling grid (docs/design.md §5.10).
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    torch.jit.save(traced, str(tmp / name))
                 files[f"{size[0]}x{size[1]}"] = name
                 tensors[f"features.{name}"] = expected.contiguous()
-            from vsad.model.pretrained import stage_table
-
             backbones.append(
                 {
                     "name": module.name,
@@ -199,10 +201,6 @@ def export_detector(detector, out: str | Path) -> Path:
                     "precision": module.precision,
                     "channels": module.channels,
                     "stride": module.stride,
-                    "stage_table": [
-                        [s.blocks.start, s.blocks.stop, s.channels, s.stride]
-                        for s in stage_table(module.name)
-                    ],
                     "files": files,
                 }
             )
@@ -221,6 +219,14 @@ def export_detector(detector, out: str | Path) -> Path:
             "config": meta["config"],
             "thresholds": meta.get("thresholds"),
             "backbones": backbones,
+            # Config validation reads the stage tables of every encoder name (Lite0's even for
+            # raw pixels); the architecture package gives all three without weights.
+            "stage_tables": {
+                name: [
+                    [s.blocks.start, s.blocks.stop, s.channels, s.stride] for s in stage_table(name)
+                ]
+                for name in PRETRAINED_ENCODERS
+            },
             "probe": {"seed": PROBE_SEED, "sample_score": probe.score},
             "sha256": {f: _sha256(tmp / f) for f in files},
         }
@@ -232,19 +238,16 @@ def export_detector(detector, out: str | Path) -> Path:
 class _Provider:
     """What vsad.model.pretrained asks for while the export's model loads."""
 
-    def __init__(self, backbones: list[dict], modules: list[ExportedFeatures]) -> None:
-        self.backbones, self.modules = backbones, modules
+    def __init__(self, meta: dict, modules: list[ExportedFeatures]) -> None:
+        self.backbones, self.tables, self.modules = meta["backbones"], meta["stage_tables"], modules
 
     def stage_table(self, name: str):
-        from vsad.model.pretrained import Stage
+        from vsad.model.pretrained import Stage, _check_name
 
-        for spec in self.backbones:
-            if spec["name"] == name:
-                return tuple(
-                    Stage(range(a, b), channels, stride)
-                    for a, b, channels, stride in spec["stage_table"]
-                )
-        raise ValueError(f"export: holds no backbone {name!r} (it has {self._names()})")
+        _check_name(name)
+        return tuple(
+            Stage(range(a, b), channels, stride) for a, b, channels, stride in self.tables[name]
+        )
 
     def features(self, name: str, stages: tuple, precision: str) -> ExportedFeatures:
         for module in self.modules:
@@ -277,7 +280,7 @@ def read_export_meta(directory: str | Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{path}: format {got!r}, expected {EXPORT_FORMAT}")
-    for key, kind in (("backbones", list), ("sha256", dict)):
+    for key, kind in (("backbones", list), ("sha256", dict), ("stage_tables", dict)):
         if not isinstance(meta.get(key), kind):
             raise ValueError(f"{path}: {key!r} is {meta.get(key)!r}, expected a {kind.__name__}")
     return meta
@@ -313,7 +316,9 @@ def load_export(directory: str | Path, *, device: str = "cpu"):
         traced = {}
         for size, name in spec["files"].items():
             h, w = (int(x) for x in size.split("x"))
-            module = torch.jit.load(str(directory / name), map_location="cpu").eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit, see export
+                module = torch.jit.load(str(directory / name), map_location="cpu").eval()
             expected = probes[f"features.{name}"]
             with torch.no_grad():
                 got = module(_probe_input((h, w)))
@@ -327,7 +332,7 @@ def load_export(directory: str | Path, *, device: str = "cpu"):
                 )
             traced[(h, w)] = module
         modules.append(ExportedFeatures(spec, traced))
-    with provided_backbones(_Provider(meta["backbones"], modules)):
+    with provided_backbones(_Provider(meta, modules)):
         detector = load_detector(directory / MODEL_DIR, device="cpu")
         # PatchKNN builds its backbone on first use: do it here, while the provider is set.
         if hasattr(detector, "backbone") and callable(detector.backbone):

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from vsad.serve.batcher import Batcher, QueueFull, ShuttingDown
@@ -224,10 +225,12 @@ def create_app(detector, settings: ServeSettings | None = None):
 
         try:
             form = await Request(request.scope, replay).form(
-                max_files=num_views + 1, max_fields=8, max_part_size=4096
+                max_files=num_views + 4, max_fields=8, max_part_size=4096
             )
         except MultiPartException as err:
             raise RequestError(400, f"multipart body: {err.message}") from None
+        except StarletteHTTPException as err:  # Starlette's own "Invalid multipart data."
+            raise RequestError(err.status_code, f"multipart body: {err.detail}") from None
         try:
             options, views = {}, []
             for key, value in form.multi_items():
@@ -328,6 +331,11 @@ def create_app(detector, settings: ServeSettings | None = None):
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError):
         return answer(err.status, {"error": err.message}, request_id_of(request), err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):  # 404, 405, ...
+        message = f"{request.method} {request.url.path}: {err.detail}"
+        return answer(err.status_code, {"error": message}, request_id_of(request), err.headers)
 
     @app.get("/health")
     async def health(request: Request):

@@ -45,8 +45,12 @@ def check_header(data: bytes, what: str, max_pixels: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt, (w, h) = image.format, image.size
-    except Image.DecompressionBombError:
-        raise RequestError(413, f"{what}: claims more pixels than Pillow allows") from None
+    except Image.DecompressionBombError:  # more than 2 x Image.MAX_IMAGE_PIXELS
+        raise RequestError(
+            413,
+            f"{what}: claims more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP, above the "
+            f"limit of {max_pixels / 1e6:.1f} MP (vsad serve --max-pixels)",
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise RequestError(
             415, f"{what}: not an image in a supported format {FORMATS} ({err})"
