@@ -484,14 +484,14 @@ class BankDetector:
         from vsad.saved_files import read_json_object
 
         meta = read_json_object(meta_path, what="a detector description (JSON object)")
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}"
-            )
+        version = meta.get("format")
+        if isinstance(version, bool) or version != FORMAT_VERSION:
+            raise fail(meta_path, f"format {version!r:.40}, expected {FORMAT_VERSION}")
         kind = meta.get("detector")
-        target = DETECTORS.get(kind)
+        target = DETECTORS.get(kind) if isinstance(kind, str) else None
         if target is None:
-            raise ValueError(f"{meta_path}: unknown detector {kind!r}, expected {list(DETECTORS)}")
+            raise fail(meta_path, f"unknown detector {kind!r:.40}, expected one of "
+                       f"{list(DETECTORS)}")  # fmt: skip
         if cls is not BankDetector and target is not cls:
             raise ValueError(f"{meta_path}: holds a {kind} detector, not a {cls.kind}")
         config_class = target.config_class
