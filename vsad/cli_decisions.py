@@ -148,8 +148,6 @@ def _model_dir(run: Path) -> Path:
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    import json
-
     from vsad.data import open_dataset
     from vsad.detector import load_detector
 
@@ -158,9 +156,11 @@ def calibrate(args: argparse.Namespace) -> int:
     detector = load_detector(model_dir, device=getattr(args, "device", None) or "cpu")
     split = None
     if args.data or args.split or args.category:
+        from vsad.saved_files import read_run_info
+
         data = {}
-        if (run / "run.json").is_file():
-            data = json.loads((run / "run.json").read_text(encoding="utf-8")).get("data", {})
+        if (run / "run.json").exists():  # a run folder (else a model folder: data options)
+            data = read_run_info(run / "run.json")["data"]
         root = args.data or data.get("root")
         category = args.category or data.get("category")
         if not root or not category:

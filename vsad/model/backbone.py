@@ -58,10 +58,13 @@ def load_stable_diffusion(folder: str | Path) -> tuple[nn.Module, nn.Module]:
     if importlib.util.find_spec("accelerate") is None:
         # Without accelerate diffusers warns on every load and falls back to this anyway.
         kwargs["low_cpu_mem_usage"] = False
-    loaded = []
-    for part, model_class in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
-        variant = _weights_variant(root / part)
+    parts = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
+    variants = {part: _weights_variant(root / part) for part in parts}
+    for part, variant in variants.items():  # every file checked before anything is loaded
         _check_weights(root / part, variant)
+    loaded = []
+    for part, model_class in parts.items():
+        variant = variants[part]
         try:
             loaded.append(
                 model_class.from_pretrained(root, subfolder=part, variant=variant, **kwargs)
