@@ -72,8 +72,9 @@ def serve(
         log_level=log_level,
         workers=1,
         timeout_graceful_shutdown=graceful_timeout,
-        # Connections beyond this get uvicorn's own 503; the queue answers long before.
-        limit_concurrency=max(64, 4 * (settings.max_queue + settings.max_batch)),
+        # Connections beyond this get uvicorn's own plain 503 (no request id, no Retry-After);
+        # the queue answers long before. It bounds the bodies held at once.
+        limit_concurrency=max(256, 8 * (settings.max_queue + settings.max_batch)),
         access_log=log_level == "debug",
     )
     uvicorn.Server(config).run()

@@ -157,6 +157,11 @@ def create_app(detector, settings: ServeSettings | None = None):
             # still queued is finished before the worker ends.
             state["draining"] = True
             await asyncio.to_thread(app.state.batcher.close)
+            log.info(
+                "stopped: queue drained, %d samples predicted in %d batches",
+                app.state.batcher.samples,
+                app.state.batcher.batches,
+            )
 
     app = FastAPI(title="vsad", lifespan=lifespan, docs_url="/docs", redoc_url=None)
 
