@@ -263,3 +263,92 @@ def test_valid_edge_values_are_accepted():
     VSADConfig(level_weights=[0.0, 1.0], feature_levels=[-1], smoothing_sigma=0.0, view_fusion=0)
     VSADConfig(train={"steps": 3})  # a nested section as a dict
     PatchKNNConfig(bank_mode="global", coreset_ratio=1.0)
+
+
+# -- upper bounds (issue 32) ---------------------------------------------------------------------
+def _merged_bounds(config_class) -> dict:
+    bounds = {}
+    for klass in reversed(config_class.__mro__):
+        bounds.update(vars(klass).get("BOUNDS", {}))
+    return bounds
+
+
+def _numeric_fields(config_class):
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        text = describe(hints[f.name])
+        if "integer" in text or "finite number" in text:
+            yield f.name, "integer" in text
+
+
+def test_every_numeric_field_has_an_upper_bound():
+    """A run stays feasible only if no number can be arbitrarily large (1e21 used to end in
+    cv2 / custom-op / overflow errors deep inside fit)."""
+    for config_class in (*CONFIGS.values(), TrainConfig):
+        bounds = TrainConfig.BOUNDS if config_class is TrainConfig else _merged_bounds(config_class)
+        for name, _ in _numeric_fields(config_class):
+            assert name in bounds and bounds[name].hi is not None, (config_class.__name__, name)
+
+
+def _upper_cases():
+    for model, config_class in CONFIGS.items():
+        bounds = _merged_bounds(config_class)
+        for name, integer in _numeric_fields(config_class):
+            hi = bounds[name].hi
+            for value in {int(hi) + 1 if integer else hi * 1.5 + 1, 10**21 if integer else 1e300}:
+                is_list = name in ("level_weights", "neighbors", "feature_levels",
+                                   "encoder_stages", "backbone_stages")  # fmt: skip
+                text = json.dumps([[0, value]] if name == "neighbors" else
+                                  [value] if is_list else value)  # fmt: skip
+                yield model, f"{name}={text}", name
+    for name, integer in _numeric_fields(TrainConfig):
+        hi = TrainConfig.BOUNDS[name].hi
+        yield "vsad", f"train.{name}={int(hi) + 1 if integer else hi * 1.5 + 1}", f"train.{name}"
+
+
+@pytest.mark.parametrize(("model", "override", "key"), list(_upper_cases()), ids=str)
+def test_values_above_the_upper_bound_are_refused(model, override, key, tmp_path, capsys):
+    args = ["train", "--data", str(tmp_path / "data"), "--category", "c", "--model", model]
+    code, output = _run([*args, "--out", str(tmp_path / "run"), override], capsys)
+    assert code == 2 and key in output and "Traceback" not in output, output
+    assert not (tmp_path / "run").exists()
+
+
+UNET_CASES = [
+    ('unet={"block_out_channels": "wide"}', "unet.block_out_channels"),
+    ('unet={"block_out_channels": 64}', "unet.block_out_channels"),
+    ('unet={"block_out_channels": [32, 64, 65]}', "unet.block_out_channels"),  # groups of 8
+    ('unet={"block_out_channels": [32, 64, 64, 64, 64]}', "unet.block_out_channels"),
+    ('unet={"block_out_channels": [32, 64]}', "unet.down_block_types"),  # one type per width
+    ('unet={"layers_per_block": "two"}', "unet.layers_per_block"),
+    ('unet={"layers_per_block": 0}', "unet.layers_per_block"),
+    ('unet={"layers_per_block": 1e21}', "unet.layers_per_block"),
+    ('unet={"norm_num_groups": 0}', "unet.norm_num_groups"),
+    ('unet={"cross_attention_dim": true}', "unet.cross_attention_dim"),
+    ('unet={"attention_head_dim": "8"}', "unet.attention_head_dim"),
+    ('unet={"sample_size": -1}', "unet.sample_size"),
+    (
+        'unet={"down_block_types": ["Nope2D", "DownBlock2D", "DownBlock2D"]}',
+        "unet.down_block_types",
+    ),
+    ('unet={"up_block_types": "UpBlock2D"}', "unet.up_block_types"),
+    ('unet={"in_channels": 3}', "unet.in_channels"),
+    ('unet={"dropout": 0.1}', "dropout"),
+    ('unet={"wobble": 1}', "wobble"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), UNET_CASES)
+def test_nested_unet_settings_are_validated(override, key, tmp_path, capsys):
+    args = ["train", "--data", str(tmp_path / "data"), "--category", "c", "--out",
+            str(tmp_path / "run"), "feature_levels=[-1]", "encoder=unshuffle"]  # fmt: skip
+    code, output = _run([*args, override], capsys)
+    assert code == 2 and key in output and "Traceback" not in output, output
+    with pytest.raises(ValueError, match=key):
+        VSADConfig().with_overrides([override])
+
+
+def test_valid_unet_overrides_are_accepted():
+    VSADConfig(unet={"layers_per_block": 2, "block_out_channels": [16, 32, 32]})
+    VSADConfig(unet={"block_out_channels": [32, 64], "down_block_types": ["DownBlock2D"] * 2,
+                     "up_block_types": ["UpBlock2D"] * 2})  # fmt: skip
