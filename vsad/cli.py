@@ -202,7 +202,8 @@ def _train(args: argparse.Namespace) -> int:
         config = config.with_overrides({"device": args.device})
     detector = cls(config)
     detector.device  # noqa: B018 - a device this machine lacks fails before anything is read
-    check_output_folder(args.out, "--out")
+    for folder in (args.out, Path(args.out) / "model", Path(args.out) / "checkpoints"):
+        check_output_folder(folder, "--out")  # all of it before training, not at the save
     _check_homographies_option(args, detector)
     if "WORLD_SIZE" in os.environ:  # under torchrun (or --nproc): vsad.distributed
         return _train_distributed(args, cls, config, detector)
