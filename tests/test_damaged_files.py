@@ -71,3 +71,40 @@ def test_every_damage_kind_and_file_is_generated(saved):
         assert (name, "detector.json", "normal_scores.sample-shortened") in seen
     assert any(c.damage.startswith("drop:model.") for c in cases)
     assert any(c.damage.startswith("shape:stats.") for c in cases)
+
+
+COMMAND_CASES = [
+    ("bank.safetensors", "zero-byte"),
+    ("bank.safetensors", "truncated"),
+    ("bank.safetensors", "pickle"),
+    ("weights.safetensors", "header-only"),
+    ("detector.json", "normal_scores.sample-shortened"),
+    ("detector.json", "a-list"),
+]
+
+
+@pytest.mark.parametrize("command", ["test", "calibrate", "calibrate-split"])
+@pytest.mark.parametrize(("file", "damage"), COMMAND_CASES)
+def test_every_command_names_the_damaged_file(command, file, damage, saved, tmp_path, capsys):
+    """`vsad test` and `vsad calibrate` (stored scores, or a split) load through the same
+    checks as predict: exit status 2, the file named, no traceback, nothing rewritten."""
+    import json
+
+    from vsad.cli import main
+
+    folders, marker, cases = saved
+    case = next(c for c in cases if c.detector == "vsad" and (c.file, c.damage) == (file, damage))
+    run = dm.damaged_copy(case, folders, tmp_path)
+    data = {"root": str(tmp_path / "data"), "category": "toy", "format": "realiad"}
+    (run / "run.json").write_text(json.dumps({"detector": "VSAD", "data": data}))
+    before = {p.name: p.read_bytes() for p in (run / "model").iterdir() if p.is_file()}
+    args = {
+        "test": ["test", "--run", str(run), "--quiet"],
+        "calibrate": ["calibrate", "--run", str(run), "--fpr", "0.2"],
+        "calibrate-split": ["calibrate", "--run", str(run), "--split", "test", "--quiet"],
+    }[command]
+    code = main(args)
+    output = capsys.readouterr().err
+    assert code == 2 and file in output and "Traceback" not in output, output
+    after = {p.name: p.read_bytes() for p in (run / "model").iterdir() if p.is_file()}
+    assert after == before and not marker.exists()

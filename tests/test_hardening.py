@@ -112,6 +112,9 @@ CLI_VALUES = [
     ("test", "--worst", "-1", "--worst"),
     ("test", "--image-size", "0", "--image-size"),
     ("calibrate", "--image-size", "0", "--image-size"),
+    ("demo", "--train-samples", "0", "--train-samples"),
+    ("demo", "--test-samples", "-1", "--test-samples"),
+    ("demo", "--steps", "0", "--steps"),
 ]
 
 
@@ -124,6 +127,7 @@ def test_cli_values_out_of_range_are_refused(command, option, value, needle, tin
                   "--model", "patchknn", "--quiet"],
         "test": ["test", "--run", str(run), "--out", str(tmp_path / "t"), "--quiet"],
         "calibrate": ["calibrate", "--run", str(run), "--split", "test", "--quiet"],
+        "demo": ["demo", "--out", str(tmp_path / "t"), "--quiet"],
     }[command]  # fmt: skip
     code, output = _run([*base, f"{option}={value}"], capsys)
     assert code == 2 and needle in output and value in output, output

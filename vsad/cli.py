@@ -641,10 +641,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="difficulty of the real-photo category (docs/photo-benchmark.md)",
     )
     demo.add_argument(
-        "--steps", type=int, default=None, help="UNet training steps (UNet pipeline only)"
+        "--steps",
+        type=_int_in(1, 1_000_000),
+        default=None,
+        help="UNet training steps (UNet pipeline only)",
     )
-    demo.add_argument("--train-samples", type=int, default=40)
-    demo.add_argument("--test-samples", type=int, default=40)
+    demo.add_argument("--train-samples", type=_int_in(1, 10_000), default=40)
+    demo.add_argument("--test-samples", type=_int_in(1, 10_000), default=40)
     demo.add_argument("--no-baseline", action="store_true", help="skip the PatchKNN comparison")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="VSAD config overrides")
