@@ -616,3 +616,25 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path, capsys):
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
     assert main(["serve", "--run", str(tmp_path), "--host", "0.0.0.0"]) == 2
     assert "give a token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "cost, expected",
+    [
+        (lambda b: 0.4 * b * (1.3 if b > 1 else 1), 1),  # slower per sample in batches
+        (lambda b: 0.004 + 0.001 * b, 8),  # a fixed cost per call: batching pays
+        (lambda b: 0.01 * b * (0.95 if b > 1 else 1), 1),  # 5 % is not worth the latency
+        (lambda b: {1: 1, 2: 1.6, 4: 2.4, 8: 6.4}[b], 4),  # best at 4
+    ],
+)
+def test_the_batch_size_is_chosen_where_it_pays(cost, expected):
+    from vsad.serve.batcher import choose_max_batch
+
+    now = [0.0]
+
+    def predict(samples):
+        now[0] += cost(len(samples))
+        return samples
+
+    chosen, per_sample = choose_max_batch(predict, "views", 8, clock=lambda: now[0])
+    assert chosen == expected, per_sample

@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
         if not root.is_dir():
             raise FileNotFoundError(f"--allowed-root: '{root}' is not a folder")
     for name in ("max_batch", "max_queue"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(
                 f"--{name.replace('_', '-')}: got {getattr(args, name)}, expected >= 1"
             )
@@ -151,7 +151,13 @@ def add_serve_parsers(sub) -> None:
     serve.add_argument("--run", required=True, help="run folder, saved model or export folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8470, help="port (default 8470)")
-    serve.add_argument("--max-batch", type=int, default=8, help="samples predicted together")
+    serve.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="samples predicted together at most (default: chosen at start by timing the "
+        "model at batch sizes 1, 2, 4, 8; batching pays only where it is faster per sample)",
+    )
     serve.add_argument("--max-queue", type=int, default=32, help="samples waiting at most")
     serve.add_argument("--max-image-mb", type=float, default=16.0, help="per image file")
     serve.add_argument("--max-pixels", type=float, default=40e6, help="per image (decoded)")

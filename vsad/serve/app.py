@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from vsad.serve.batcher import Batcher, QueueFull, ShuttingDown
+from vsad.serve.batcher import Batcher, QueueFull, ShuttingDown, choose_max_batch
 from vsad.serve.inputs import (
     RequestError,
     decode_upload,
@@ -46,11 +46,14 @@ from vsad.serve.inputs import (
 )
 
 log = logging.getLogger("vsad.serve")
+#: The largest batch `max_batch=None` (auto) tries.
+AUTO_BATCH_LIMIT = 8
 
 
 @dataclass
 class ServeSettings:
-    max_batch: int = 8
+    #: None: chosen at start by timing the model (batcher.choose_max_batch, up to 8).
+    max_batch: int | None = None
     max_queue: int = 32
     max_image_bytes: int = 16 * 2**20
     max_pixels: int = 40_000_000
@@ -104,7 +107,7 @@ def prediction_record(prediction, sample_id: str, maps: bool) -> dict:
     return record
 
 
-def model_info(detector, settings: ServeSettings) -> dict:
+def model_info(detector, settings: ServeSettings, batch_timings=None) -> dict:
     import vsad
 
     t = detector.thresholds
@@ -122,6 +125,7 @@ def model_info(detector, settings: ServeSettings) -> dict:
         "config": {k: v for k, v in detector.config.to_dict().items()},
         "limits": {
             "max_batch": settings.max_batch,
+            "max_batch_timings": batch_timings,
             "max_queue": settings.max_queue,
             "max_image_bytes": settings.max_image_bytes,
             "max_pixels": settings.max_pixels,
@@ -144,6 +148,18 @@ def create_app(detector, settings: ServeSettings | None = None):
 
     def predict(samples: list) -> list:
         return detector.predict_many(samples, batch_size=len(samples), progress=False)
+
+    batch_timings = None
+    if settings.max_batch is None:
+        from vsad.export import probe_views
+
+        probe = probe_views(num_views, view_size)
+        settings.max_batch, batch_timings = choose_max_batch(predict, probe, AUTO_BATCH_LIMIT)
+        log.info(
+            "max batch %d (s per sample by batch size: %s)",
+            settings.max_batch,
+            {k: round(v, 4) for k, v in batch_timings.items()},
+        )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -352,7 +368,7 @@ def create_app(detector, settings: ServeSettings | None = None):
     @app.get("/info")
     async def info(request: Request):
         check_token(request)
-        return answer(200, model_info(detector, settings), request_id_of(request))
+        return answer(200, model_info(detector, settings, batch_timings), request_id_of(request))
 
     @app.post("/predict")
     async def predict_endpoint(request: Request):
@@ -416,4 +432,5 @@ def create_app(detector, settings: ServeSettings | None = None):
         return answer(200, record, request_id)
 
     app.state.counters = state
+    app.state.batch_timings = batch_timings
     return app

@@ -173,3 +173,32 @@ class Batcher:
             job.loop.call_soon_threadsafe(settle)
         except RuntimeError:  # the event loop is closed (shutdown after a timeout)
             pass
+
+
+def choose_max_batch(
+    predict, views: list, limit: int, *, margin: float = 0.1, clock=time.perf_counter
+) -> tuple[int, dict]:
+    """The batch size the service uses: the largest of 1, 2, 4, ... <= limit whose time per
+    sample beats every smaller one's by more than `margin` (batching must pay for the latency
+    it adds), from timing `predict` on copies of `views` (the better of two runs each; a
+    larger size is not tried once one was slower per sample). Returns (size, {size: s per
+    sample}). On 2 cores the default VSAD is slower per sample in batches (its 384² backbone
+    activations outgrow the caches), raw-pixel PatchKNN much faster (BENCHMARKS.md)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        predict([views])  # warm-up
+        per_sample: dict[int, float] = {}
+        best, chosen, size = float("inf"), 1, 1
+        while size <= limit:
+            runs = []
+            for _ in range(2):
+                start = clock()
+                predict([views] * size)
+                runs.append((clock() - start) / size)
+            per_sample[size] = min(runs)
+            if per_sample[size] < best * (1 - margin):
+                best, chosen = per_sample[size], size
+            elif per_sample[size] > best:
+                break
+            size *= 2
+    return chosen, per_sample
