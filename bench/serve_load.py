@@ -259,10 +259,15 @@ def main() -> int:
             body = multipart(views)
             detector = load_detector(model)
             row = {"body_bytes": len(body), "levels": {}, "paired_c1": {}}
-            for max_batch in (1, 8):
-                service = Service(model, "--max-batch", str(max_batch), "--max-queue", "32")
+            # "auto": the service's default, a size chosen at start by timing the model.
+            for max_batch in ("1", "auto", "8") if name == "default" else ("1", "auto"):
+                batch_args = () if max_batch == "auto" else ("--max-batch", max_batch)
+                service = Service(model, *batch_args, "--max-queue", "32")
                 try:
                     load(service, body, concurrency=1, requests=3, prefix="warm")
+                    limits = service.request("GET", "/info")[1]["limits"]
+                    row.setdefault("chosen_max_batch", {})[max_batch] = limits["max_batch"]
+                    row.setdefault("auto_timings", {})[max_batch] = limits["max_batch_timings"]
                     repeats = max(5, int((20 if name == "default" else 200) * scale))
                     pair = paired(service, detector, views, body, repeats)
                     row["paired_c1"][f"max_batch={max_batch}"] = pair
