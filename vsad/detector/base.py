@@ -503,7 +503,7 @@ class BankDetector:
         try:
             config = config_class.from_dict({**legacy, **saved, "device": device})
         except ValueError as err:
-            if "device" in str(err).split(":")[0]:
+            if str(err).startswith("device:"):  # the caller's argument, not the file's
                 raise
             raise fail(meta_path, f"its config is not valid ({err})") from None
         detector = target(config)
@@ -554,7 +554,8 @@ def _check_meta(meta: dict, path: Path) -> None:
         ("num_views", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
          "an integer >= 1"),
         ("view_size", lambda v: isinstance(v, list) and len(v) == 2
-         and all(isinstance(x, int) and x >= 1 for x in v), "[height, width]"),
+         and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 65535
+                 for x in v), "[height, width] in pixels (1..65535)"),
         ("banks", lambda v: isinstance(v, dict), "an object"),
     )  # fmt: skip
     from vsad.saved_files import fail
