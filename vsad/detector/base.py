@@ -513,7 +513,7 @@ class BankDetector:
         tensors = read_safetensors(weights)[0] if weights.exists() else {}
         if detector.config.align != "none":
             saved_checks.check_align_file(tensors, detector.num_views, detector.view_size,
-                weights, frame=detector.config.align_frame != "first")  # fmt: skip
+                weights, align_frame=detector.config.align_frame)  # fmt: skip
             detector.aligner = ViewAligner.from_tensors(tensors)
         tensors = {k: v for k, v in tensors.items() if not k.startswith("align.")}
         detector._weights_file = weights  # named by the subclass's checks of its tensors

@@ -35,6 +35,9 @@ MAX_IMAGE_SIZE = 4096
 MAX_CHANNELS = 4096
 MAX_VIEWS = 64
 MAX_SEED = 2**32 - 1
+#: Numeric fields whose range a dedicated check enforces instead of BOUNDS: the stages of an
+#: EfficientNet-Lite, 0–6, increasing (vsad.model.pretrained.check_stages).
+RANGE_CHECKED_ELSEWHERE = {"encoder_stages": 6, "backbone_stages": 6}
 VIEW_GRAPHS = tuple(k for k in GRAPH_KINDS if k != "explicit")  # explicit: set `neighbors`
 
 
@@ -276,8 +279,6 @@ class VSADConfig(DetectorConfig):
     BOUNDS: ClassVar[dict[str, Bound]] = {
         # f×f pixel patches give 3f² channels: 12288 at 64.
         "unshuffle_factor": between(1, 64),
-        # EfficientNet-Lite's stages 0–6 (check_stages also checks order and repeats).
-        "encoder_stages": between(0, 6),
         # Pretrained encoders check it against their stages' channels; 4096 for any encoder.
         "encoder_channels": between(1, MAX_CHANNELS),
         # MVAM attends to R² positions per neighbour and query (the paper uses 3–5).
@@ -403,10 +404,8 @@ class PatchKNNConfig(DetectorConfig):
     backbone: str = "pixels"  # or "efficientnet-lite0" / "-lite1" / "-lite2"
     backbone_stages: list[int] = field(default_factory=lambda: list(DEFAULT_STAGES))
 
-    BOUNDS: ClassVar[dict[str, Bound]] = {
-        "patch_size": between(1, 64),  # f×f pixel patches give 3f² channels: 12288 at 64
-        "backbone_stages": between(0, 6),  # EfficientNet-Lite's stages (as encoder_stages)
-    }
+    # f×f pixel patches give 3f² channels: 12288 at 64.
+    BOUNDS: ClassVar[dict[str, Bound]] = {"patch_size": between(1, 64)}
     CHOICES: ClassVar[dict[str, tuple]] = {"backbone": BACKBONES}
 
     def __post_init__(self) -> None:

@@ -139,11 +139,14 @@ def check_bank_values(tensors: Mapping, path) -> None:
             raise fail(path, f"tensor {name!r} holds a standard deviation <= 0")
 
 
-def check_align_file(specs: Mapping, num_views: int, view_size, path, *, frame: bool) -> None:
+def check_align_file(specs: Mapping, num_views: int, view_size, path, *, align_frame: str) -> None:
     """The registration's reference views (and frame) in weights.safetensors."""
+    if align_frame != "first" and "align.frame" not in specs:
+        raise fail(path, f"'align.frame' is missing, expected with align_frame={align_frame!r} "
+                   "(the frame the model was fitted in)")  # fmt: skip
     why = " (a model fitted with align='similarity' keeps its reference views)"
     expected = {"align.references": ("U8", (num_views, *view_size))}
-    if frame or "align.frame" in specs:
+    if "align.frame" in specs:
         expected["align.frame"] = ("F64", (num_views, 2, 3))
     check_specs(specs, expected, path, why=why)
 
