@@ -443,3 +443,26 @@ def test_stable_diffusion_weights_are_checked_unpickled(part, damage, tmp_path):
     with pytest.raises(SavedFileError, match=str(bad).replace(".", r"\.")):
         load_stable_diffusion(tmp_path / "sd")
     assert not (tmp_path / "code-ran").exists(), "a pickled payload ran"
+
+
+@pytest.mark.parametrize("damage", ["zero-byte", "truncated", "pickle", "drop-model-tensor"])
+def test_vsad_train_names_a_damaged_checkpoint_of_its_run(damage, tiny, tmp_path, capsys):
+    """A rerun of `vsad train --out RUN` resumes from RUN/checkpoints: a damaged checkpoint
+    there ends the rerun with the file named and the remedy, not a traceback or a silent
+    restart."""
+    data, _, _ = tiny
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--category", "toy", "--out", str(run), "--quiet",
+            "encoder=unshuffle", "feature_levels=[-1]", "latent_level=false", "image_size=64",
+            "inversion_steps=1", "train.steps=1", "train.checkpoint_every=1"]  # fmt: skip
+    with pytest.warns(UserWarning):
+        assert main(args) == 0
+    checkpoint = run / "checkpoints" / "checkpoint.safetensors"
+    assert checkpoint.is_file()
+    RunsCode.marker = str(tmp_path / "code-ran")
+    CHECKPOINT_DAMAGE[damage](checkpoint)
+    capsys.readouterr()
+    code, output = _run(args, capsys)
+    assert code == 2 and "checkpoint.safetensors" in output and "Traceback" not in output, output
+    assert "delete the checkpoint" in output
+    assert not (tmp_path / "code-ran").exists()
