@@ -173,6 +173,7 @@ def load(service: Service, body: bytes, *, concurrency: int, requests: int, pref
         "p50_s": statistics.median(latencies) if latencies else None,
         "p99_s": float(np.percentile(latencies, 99)) if latencies else None,
         "throughput_per_s": statuses.count(200) / wall,
+        "latencies": latencies,
     }
 
 
@@ -260,7 +261,7 @@ def main() -> int:
             detector = load_detector(model)
             row = {"body_bytes": len(body), "levels": {}, "paired_c1": {}}
             # "auto": the service's default, a size chosen at start by timing the model.
-            for max_batch in ("1", "auto", "8") if name == "default" else ("1", "auto"):
+            for max_batch in ("auto", "8") if name == "default" else ("1", "auto"):
                 batch_args = () if max_batch == "auto" else ("--max-batch", max_batch)
                 service = Service(model, *batch_args, "--max-queue", "32")
                 try:
@@ -275,20 +276,37 @@ def main() -> int:
                           f"{pair['service_median_s'] * 1e3:.1f} ms, API "
                           f"{pair['api_median_s'] * 1e3:.1f} ms, ratio "
                           f"{pair['ratio_of_medians']:.3f}", flush=True)  # fmt: skip
-                    api = {"median_s": pair["api_median_s"]}
+                    api = pair["api_median_s"]
+                    # Rounds of c = 1, 4, 16 in turn: a shared machine's load drifts, and each
+                    # concurrency then sees the same drift; medians over rounds.
+                    runs: dict[int, list] = {1: [], 4: [], 16: []}
+                    base = 12 if name == "default" else 300
+                    for r in range(2 if name == "default" else 3):
+                        for c in runs:
+                            n = max(int(base * scale * {1: 1, 4: 2, 16: 4}[c]), 2 * c)
+                            tag = f"{name}-b{max_batch}-c{c}-r{r}"
+                            runs[c].append(load(service, body, concurrency=c, requests=n,
+                                                prefix=tag))  # fmt: skip
                     levels = {}
-                    for c in (1, 4, 16):
-                        n = int((30 if name == "default" else 400) * scale * (1 if c == 1 else 1.5))
-                        levels[c] = load(service, body, concurrency=c, requests=max(n, 4 * c),
-                                         prefix=f"{name}-b{max_batch}-c{c}")  # fmt: skip
+                    for c, got in runs.items():
+                        lat = [x for run in got for x in run.pop("latencies")]
+                        levels[c] = {
+                            "rounds": got,
+                            "p50_s": statistics.median(lat),
+                            "p99_s": float(np.percentile(lat, 99)),
+                            "throughput_per_s": statistics.median(
+                                run["throughput_per_s"] for run in got
+                            ),
+                            "p50_over_api": statistics.median(lat) / api,
+                        }
                         lv = levels[c]
                         print(f"{name} max_batch={max_batch} c={c}: p50 {lv['p50_s'] * 1e3:.1f} ms"
                               f" p99 {lv['p99_s'] * 1e3:.1f} ms {lv['throughput_per_s']:.2f}/s "
-                              f"(API {api['median_s'] * 1e3:.1f} ms)", flush=True)  # fmt: skip
-                    # c=1 again: the machine's load drifts; the two c=1 runs bracket the others.
-                    levels["1-again"] = load(service, body, concurrency=1,
-                                             requests=levels[1]["requests"],
-                                             prefix=f"{name}-b{max_batch}-c1b")  # fmt: skip
+                              f"(rounds {[round(g['throughput_per_s'], 2) for g in got]}; "
+                              f"API {api * 1e3:.1f} ms)", flush=True)  # fmt: skip
+                    levels["c16_over_c1"] = (
+                        levels[16]["throughput_per_s"] / levels[1]["throughput_per_s"]
+                    )
                 finally:
                     service.stop()
                 row["levels"][f"max_batch={max_batch}"] = levels
@@ -329,6 +347,7 @@ def main() -> int:
         service = Service(model, "--max-batch", "4", "--max-queue", "8")
         try:
             burst = load(service, body, concurrency=64, requests=64, prefix="burst")
+            burst.pop("latencies")
             alive, _ = service.request("GET", "/health")
         finally:
             code = service.stop()

@@ -280,8 +280,8 @@ def create_app(detector, settings: ServeSettings | None = None):
                 "camera, in camera order)",
             )
 
-        def decode() -> list:
-            return [
+        def decode() -> list:  # one thread hop for decoding and resizing
+            decoded = [
                 decode_upload(
                     data,
                     f"view {k} ({name!r})",
@@ -290,6 +290,7 @@ def create_app(detector, settings: ServeSettings | None = None):
                 )
                 for k, (name, data) in enumerate(views)
             ]
+            return fit_views(decoded, num_views, view_size)
 
         return await asyncio.to_thread(decode), options
 
@@ -325,7 +326,8 @@ def create_app(detector, settings: ServeSettings | None = None):
                 files = folder_files(folder, num_views, "folder")
                 if "sample_id" not in options:
                     options["sample_id"] = folder.name
-                return [read_path(p, f"view {k}", **limits) for k, p in enumerate(files)]
+                views = [read_path(p, f"view {k}", **limits) for k, p in enumerate(files)]
+                return fit_views(views, num_views, view_size)
             paths = payload["paths"]
             if not isinstance(paths, list):
                 raise RequestError(422, f"paths: got {type(paths).__name__}, expected a list")
@@ -334,7 +336,8 @@ def create_app(detector, settings: ServeSettings | None = None):
                     422, f"paths: got {len(paths)}, expected {num_views} (one image per camera)"
                 )
             files = [resolve_under(root, p, f"paths[{k}]") for k, p in enumerate(paths)]
-            return [read_path(p, f"paths[{k}]", **limits) for k, p in enumerate(files)]
+            views = [read_path(p, f"paths[{k}]", **limits) for k, p in enumerate(files)]
+            return fit_views(views, num_views, view_size)
 
         return await asyncio.to_thread(read), options
 
@@ -394,7 +397,6 @@ def create_app(detector, settings: ServeSettings | None = None):
                 "file per camera) or application/json (paths, with --allowed-root)",
             )
         sample_id, want_maps = parse_options(options, request_id)
-        views = await asyncio.to_thread(fit_views, views, num_views, view_size)
         try:
             future = batcher.submit(views, sample_id)
         except QueueFull:
@@ -419,9 +421,12 @@ def create_app(detector, settings: ServeSettings | None = None):
             return answer(
                 500, {"error": f"prediction failed: {type(err).__name__}: {err}"}, request_id
             )
-        record = await asyncio.to_thread(
-            prediction_record, outcome.prediction, sample_id, want_maps
-        )
+        if want_maps:  # PNG encoding: off the event loop
+            record = await asyncio.to_thread(
+                prediction_record, outcome.prediction, sample_id, want_maps
+            )
+        else:
+            record = prediction_record(outcome.prediction, sample_id, want_maps)
         record["warnings"] = outcome.warnings
         record["batch_size"] = outcome.batch_size
         record["timing_ms"] = {
