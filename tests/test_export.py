@@ -174,3 +174,55 @@ def test_serve_without_its_packages_says_what_to_install(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "needs uvicorn" in err and 'pip install "vsad[serve]"' in err
     assert Path(tmp_path).is_dir()
+
+
+def test_vsad_serve_on_an_export_answers_as_the_api_and_stops_on_sigterm(
+    detectors, category, tmp_path
+):
+    """The command itself, in its own process: started on an export, one upload, SIGTERM."""
+    import os
+    import signal
+    import socket
+    import time
+
+    import cv2
+    import httpx
+
+    out = export_detector(detectors["vsad"], tmp_path / "export")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "vsad", "serve", "--run", str(out), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            try:
+                info = httpx.get(f"http://127.0.0.1:{port}/info", timeout=5).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert (
+            info["export"] is True and info["cameras"] == VIEWS and info["limits"]["max_batch"] >= 1
+        )
+        views = category.test[0].images
+        files = [
+            (
+                "view",
+                (
+                    f"{k}.png",
+                    cv2.imencode(".png", cv2.cvtColor(v, cv2.COLOR_RGB2BGR))[1].tobytes(),
+                    "image/png",
+                ),
+            )
+            for k, v in enumerate(views)
+        ]
+        body = httpx.post(f"http://127.0.0.1:{port}/predict", files=files, timeout=60).json()
+        assert body["score"] == scores(detectors["vsad"], [views])[0][-1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0].decode()
+    # uvicorn re-raises SIGTERM after its graceful shutdown.
+    assert proc.returncode in (0, -signal.SIGTERM) and "queue drained" in output, output
