@@ -1,4 +1,4 @@
-"""The `vsad` command: info, train, test, calibrate, predict, demo.
+"""The `vsad` command: info, train, test, calibrate, predict, export, serve, demo.
 
 A run folder (`--out RUN` of `vsad train`) holds:
     RUN/run.json           config, data source, versions, backends, machine, timings, losses
