@@ -638,3 +638,42 @@ def test_the_batch_size_is_chosen_where_it_pays(cost, expected):
 
     chosen, per_sample = choose_max_batch(predict, "views", 8, clock=lambda: now[0])
     assert chosen == expected, per_sample
+
+
+def test_uploads_beyond_the_memory_budget_are_answered_503_before_being_read(detector, category):
+    """Two stalled uploads hold the whole budget; a third is refused at once, not buffered."""
+    import httpx
+
+    settings = ServeSettings(max_image_bytes=2**20, upload_budget_bytes=0, read_timeout=5.0)
+    app = create_app(detector, settings)  # budget: 4 bodies of 3 x 1 MiB + 1 MiB
+    server = Server(app)
+    length = 4 * 2**20  # the largest body: reserves a quarter of the budget each
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        + f"Content-Length: {length}\r\n\r\n".encode()
+    )
+    held = []
+    try:
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            s.sendall(head + b"--b\r\n")
+            held.append(s)
+        deadline = time.monotonic() + 10
+        while app.state.counters["buffered"] < 4 * length:
+            assert time.monotonic() < deadline, app.state.counters
+            time.sleep(0.02)
+        with httpx.Client(timeout=30) as c:
+            r = c.post(server.url + "/predict", files=good_files(category))
+            assert r.status_code == 503 and "budget" in r.json()["error"]
+            assert r.headers["retry-after"] == "1"
+            for s in held:
+                s.close()
+            deadline = time.monotonic() + 10
+            while app.state.counters["buffered"]:
+                assert time.monotonic() < deadline, app.state.counters
+                time.sleep(0.02)
+            assert c.post(server.url + "/predict", files=good_files(category)).status_code == 200
+    finally:
+        for s in held:
+            s.close()
+        server.stop()

@@ -61,6 +61,8 @@ class ServeSettings:
     token: str | None = None
     #: Seconds a client may take between two pieces of its request body.
     read_timeout: float = 30.0
+    #: Upload bytes held at once (at least 4 bodies of the largest size); beyond: 503.
+    upload_budget_bytes: int = 512 * 2**20
     source: str = ""
 
 
@@ -144,7 +146,11 @@ def create_app(detector, settings: ServeSettings | None = None):
     num_views, view_size = detector.num_views, tuple(detector.view_size)
     # The largest body: every view at the image limit, plus the multipart overhead.
     max_body = num_views * settings.max_image_bytes + 2**20
-    state = {"draining": False, "disconnects": 0, "errors": 0, "answered": 0}
+    # Bodies held at once (reserved by Content-Length, or the limit without one): beyond this
+    # a request is answered 503 before its body is read, so many large concurrent uploads
+    # cannot exhaust memory.
+    body_budget = max(4 * max_body, settings.upload_budget_bytes)
+    state = {"draining": False, "disconnects": 0, "errors": 0, "answered": 0, "buffered": 0}
 
     def predict(samples: list) -> list:
         return detector.predict_many(samples, batch_size=len(samples), progress=False)
@@ -379,23 +385,38 @@ def create_app(detector, settings: ServeSettings | None = None):
         request_id = request_id_of(request)
         check_token(request)
         batcher: Batcher = request.app.state.batcher
+        length = request.headers.get("content-length", "")
+        reserve = min(int(length), max_body) if length.isdigit() else max_body
+        if state["buffered"] + reserve > body_budget:
+            return answer(
+                503,
+                {"error": f"uploads: {state['buffered']} bytes in flight, the budget is "
+                 f"{body_budget}; retry in 1 s"},
+                request_id,
+                {"Retry-After": "1"},
+            )  # fmt: skip
+        state["buffered"] += reserve
         try:
-            body = await read_body(request)
-        except ClientDisconnect:
-            state["disconnects"] += 1
-            log.info("request %s: the client disconnected during the upload", request_id)
-            return answer(400, {"error": "body: the client disconnected"}, request_id)
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
-            views, options = await views_from_form(request, body)
-        elif kind == "application/json":
-            views, options = await views_from_json(body)
-        else:
-            raise RequestError(
-                415,
-                f"content-type: got {kind or 'none'!r}, expected multipart/form-data (one 'view' "
-                "file per camera) or application/json (paths, with --allowed-root)",
-            )
+            try:
+                body = await read_body(request)
+            except ClientDisconnect:
+                state["disconnects"] += 1
+                log.info("request %s: the client disconnected during the upload", request_id)
+                return answer(400, {"error": "body: the client disconnected"}, request_id)
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind == "multipart/form-data":
+                views, options = await views_from_form(request, body)
+            elif kind == "application/json":
+                views, options = await views_from_json(body)
+            else:
+                raise RequestError(
+                    415,
+                    f"content-type: got {kind or 'none'!r}, expected multipart/form-data (one "
+                    "'view' file per camera) or application/json (paths, with --allowed-root)",
+                )
+            del body
+        finally:
+            state["buffered"] -= reserve
         sample_id, want_maps = parse_options(options, request_id)
         try:
             future = batcher.submit(views, sample_id)
