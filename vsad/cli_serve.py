@@ -109,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_image_bytes=int(args.max_image_mb * 2**20),
         max_pixels=int(args.max_pixels),
+        upload_budget_bytes=int(args.upload_budget_mb * 2**20),
         allowed_root=root,
         token=token,
         source=str(args.run),
@@ -161,6 +162,12 @@ def add_serve_parsers(sub) -> None:
     serve.add_argument("--max-queue", type=int, default=32, help="samples waiting at most")
     serve.add_argument("--max-image-mb", type=float, default=16.0, help="per image file")
     serve.add_argument("--max-pixels", type=float, default=40e6, help="per image (decoded)")
+    serve.add_argument(
+        "--upload-budget-mb",
+        type=float,
+        default=512.0,
+        help="upload bytes held at once (at least 4 of the largest bodies); beyond: 503",
+    )
     serve.add_argument(
         "--allowed-root", help="accept JSON requests naming image files under this folder"
     )
