@@ -12,6 +12,13 @@ else; seeds 0, 1 and 2 are the reported ones and were not looked at while tuning
 held-out station per object (`--stations held-out`: other photographs of the same objects) is a
 check on data no choice was made on.
 
+Units that turn (issue 31): `--presets pose,pose-covered --objects dinosaur` builds the
+categories from the real turntable (`../shared/data/turntable/dinosaur`,
+vsad.data.photo.turntable): five cameras 20° apart, training units at poses 0°, 20°, 40°
+(`pose`) or at every pose the test units take (`pose-covered`), test units at 0°–40° in 10°
+steps; every row is then split into the poses the training units showed (`seen`) and the ones
+between them (`unseen`). Development station: photographs 0, 2, .., 8; held-out: 18, 20, .., 26.
+
 Results go to --out after every cell (atomically); a rerun skips cells whose detector config is
 unchanged, so the table can be grown a few cells at a time.
 """
@@ -29,16 +36,23 @@ from pathlib import Path
 
 from vsad._atomic import atomic_write_json
 from vsad.data import make_photo_category
+from vsad.data.photo.turntable import COVERED_POSES, TEST_POSES, make_turntable_category
 from vsad.detector.base import DETECTORS
 from vsad.detector.evaluate import evaluate_detector
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "multiview"
+TURNTABLE_DATA = REPO.parent / "shared" / "data" / "turntable"
+#: Presets built from the turntable: name -> (photo preset, training poses).
+TURNTABLE_PRESETS = {"pose": ("pose", (0, 2, 4)), "pose-covered": ("pose", COVERED_POSES)}
 
 #: Five consecutive photographs per object make a station: the development stations, and the
 #: held-out ones (other viewpoints of the same objects; kermit 5-9 has a pair of neighbouring
 #: views that do not match, et 4-8 has four cameras turned by 90°).
-STATIONS = {"dev": {"kermit": 0, "et": 0}, "held-out": {"kermit": 5, "et": 4}}
+STATIONS = {
+    "dev": {"kermit": 0, "et": 0, "dinosaur": 0},
+    "held-out": {"kermit": 5, "et": 4, "dinosaur": 18},
+}
 
 #: name -> (detector kind, config overrides on top of that detector's defaults)
 DETECTORS_UNDER_TEST = {
@@ -153,8 +167,27 @@ def run_cell(name: str, category) -> dict:
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
     decisions: dict = {}
-    metrics = evaluate_detector(detector, category.test, progress=False, decisions=decisions)
+    pairs = list(_predictions(detector, category.test))
     test_s = time.perf_counter() - start
+    metrics = evaluate_detector(detector, category.test, decisions=decisions, predictions=pairs)
+    by_pose = None
+    if category.stations:  # a turntable category: split into seen and unseen poses
+        by_pose = {}
+        poses = category.test.poses
+        for part in ("seen", "unseen"):
+            chosen = [pair for pair, pose in zip(pairs, poses, strict=True)
+                      if (pose in category.seen_poses) == (part == "seen")]  # fmt: skip
+            if not chosen or len({s.label for s, _ in chosen}) < 2:
+                continue
+            found: dict = {}
+            part_metrics = evaluate_detector(
+                detector, category.test, decisions=found, predictions=chosen
+            )
+            uncovered = [p.pose_covered is False for _, p in chosen]
+            by_pose[part] = {"metrics": part_metrics, "decisions": found or None,
+                             "samples": len(chosen),
+                             # flagged as outside what the training units covered
+                             "uncovered": sum(uncovered) / len(chosen)}  # fmt: skip
     report = getattr(detector, "homographies", None)
     pairs = [f"{r.i}->{r.j}:{r.status}" for r in getattr(report, "report", []) if r.status != "ok"]
     return {
@@ -166,7 +199,38 @@ def run_cell(name: str, category) -> dict:
         "pairs_not_ok": pairs,
         # At the thresholds fit set from the training samples (issue 21's false-reject rate).
         "decisions": decisions or None,
+        "by_pose": by_pose,
     }
+
+
+def _predictions(detector, split):
+    """(sample, Prediction) pairs of the split, predicted in the detector's batches."""
+    samples = list(split)
+    return zip(samples, detector.predict_many(samples, progress=False), strict=True)
+
+
+def make_category(data: Path, obj: str, preset: str, seed: int, first_view: int, args):
+    if preset in TURNTABLE_PRESETS:
+        photo_preset, train_poses = TURNTABLE_PRESETS[preset]
+        return make_turntable_category(
+            TURNTABLE_DATA / obj,
+            photo_preset,
+            n_train=args.n_train,
+            n_test=args.n_test_pose,
+            first_view=first_view,
+            train_poses=train_poses,
+            test_poses=TEST_POSES,
+            seed=seed,
+            name=f"{obj}_{preset}",
+        )
+    return make_photo_category(
+        data / obj,
+        preset,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        first_view=first_view,
+        seed=seed,
+    )
 
 
 def cell_key(obj: str, preset: str, seed: int, first_view: int) -> str:
@@ -178,24 +242,46 @@ def summary(results: dict, names: list[str], presets: list[str], keys_of) -> str
     for preset in presets:
         lines += [
             f"\n**{preset}**\n",
-            "| detector | " + " | ".join(SHOWN) + " | fit s | test s/sample | cells |",
-            "|---|" + "---|" * (len(SHOWN) + 3),
+            f"| detector | {' | '.join(SHOWN)} | FRR | escape | fit s | test s/sample | cells |",
+            "|---|" + "---|" * (len(SHOWN) + 5),
         ]
         for name in names:
             cells = [results[k][name] for k in keys_of(preset) if name in results.get(k, {})]
             if not cells:
                 continue
-            row = []
-            for metric in SHOWN:
-                values = [100 * c["metrics"][metric] for c in cells]
-                sd = statistics.stdev(values) if len(values) > 1 else 0.0
-                row.append(f"{statistics.mean(values):.1f} ± {sd:.1f}")
-            fit = statistics.median(c["fit_s"] for c in cells)
-            test = statistics.median(c["test_s"] / c["test_samples"] for c in cells)
-            lines.append(
-                f"| {name} | " + " | ".join(row) + f" | {fit:.0f} | {test:.2f} | {len(cells)} |"
-            )
+            lines.append(_row(name, cells))
+            parts_shown = [c.get("by_pose") or {} for c in cells]
+            if not any("unseen" in p for p in parts_shown):
+                continue  # every test pose was a training pose: the row says it all
+            for part in ("seen", "unseen"):
+                parts = [c["by_pose"][part] | {"fit_s": c["fit_s"], "test_s": c["test_s"],
+                         "test_samples": c["test_samples"]}
+                         for c in cells if (c.get("by_pose") or {}).get(part)]  # fmt: skip
+                if parts:
+                    lines.append(_row(f"{name} ({part} poses)", parts))
     return "\n".join(lines) + "\n"
+
+
+def _row(name: str, cells: list[dict]) -> str:
+    """One table row: mean ± sd over the cells, the decisions at the stored thresholds
+    (false-reject and escape rate of the samples, pooled over the cells), median times."""
+    row = []
+    for metric in SHOWN:
+        values = [100 * c["metrics"][metric] for c in cells]
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        row.append(f"{statistics.mean(values):.1f} ± {sd:.1f}")
+    rates = []
+    for key, count in (("frr", "n_normal"), ("escape_rate", "n_defective")):
+        entries = [c["decisions"]["sample"] for c in cells if c.get("decisions")]
+        total = sum(e[count] for e in entries)
+        wrong = sum(e[key] * e[count] for e in entries if e[key] is not None)
+        rates.append(f"{100 * wrong / total:.1f}" if total else "–")
+    fit = statistics.median(c["fit_s"] for c in cells)
+    test = statistics.median(c["test_s"] / c["test_samples"] for c in cells)
+    return (
+        f"| {name} | " + " | ".join(row) + " | " + " | ".join(rates)
+        + f" | {fit:.0f} | {test:.2f} | {len(cells)} |"
+    )  # fmt: skip
 
 
 def _save(path: Path, data: dict) -> None:
@@ -218,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--n-train", type=int, default=40)
     parser.add_argument("--n-test", type=int, default=60)
+    parser.add_argument("--n-test-pose", type=int, default=100, help="test units, turntable")
     parser.add_argument("--out", default="accuracy.json")
     parser.add_argument("--table-only", action="store_true", help="print the table, run nothing")
     args = parser.parse_args(argv)
@@ -250,13 +337,8 @@ def main(argv: list[str] | None = None) -> None:
                     ]
                     if not todo:
                         continue
-                    category = make_photo_category(
-                        Path(args.data) / obj,
-                        preset,
-                        n_train=args.n_train,
-                        n_test=args.n_test,
-                        first_view=stations[obj],
-                        seed=seed,
+                    category = make_category(
+                        Path(args.data), obj, preset, seed, stations[obj], args
                     )
                     for name in todo:
                         done[name] = run_cell(name, category)

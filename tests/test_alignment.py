@@ -210,3 +210,47 @@ def test_detector_registers_views_and_round_trips_through_save(tmp_path):
         legacy = load_detector(tmp_path / "model")
     assert legacy.config.align_frame == "first"
     np.testing.assert_array_equal(legacy.aligner.frame, np.stack([np.eye(2, 3)] * 3))
+
+
+@needs_photos
+def test_registration_is_turned_off_when_too_few_training_views_register(tmp_path):
+    """Units whose views come from different photographs (another side of the object, as when
+    a unit turns) mostly fail to register to the first unit's views: fit measures the
+    registered fraction, turns registration off below align_min_registered with a warning,
+    saves that decision and its report, and a later fit on units that do register turns it
+    back on."""
+    sides = [[photo_view(i, 128) for i in range(k, k + 2)] for k in (0, 4, 8)]  # 3 "poses"
+    turning = [sides[i % 3] for i in range(6)]
+    config = dict(image_size=128, threshold_fpr=None, align="similarity")
+    detector = PatchKNN(PatchKNNConfig(**config))
+    with pytest.warns(UserWarning, match=r"align: only \d+ % of the training views registered"):
+        detector.fit(turning, progress=False)
+    report = detector.align_report
+    assert report["turned_off"] and report["registered_fraction"] < 0.9
+    assert len(report["registered_per_camera"]) == 2
+    assert detector.config.align == "none" and detector.aligner is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no registration is attempted any more
+        before = detector.predict(turning[1])
+    detector.save(tmp_path / "model")
+    meta = json.loads((tmp_path / "model" / "detector.json").read_text())
+    assert meta["config"]["align"] == "none" and meta["align_report"] == report
+    with pytest.warns(UserWarning, match="no decision thresholds"):
+        loaded = load_detector(tmp_path / "model")
+    assert loaded.aligner is None and loaded.align_report == report
+    np.testing.assert_array_equal(loaded.predict(turning[1]).maps, before.maps)
+
+    # The same detector fitted again on units that register: registration is back on.
+    still = [sides[0]] * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detector.fit(still, progress=False)
+    assert detector.config.align == "similarity" and detector.aligner is not None
+    assert detector.align_report == {"registered_fraction": 1.0,
+                                     "registered_per_camera": [1.0, 1.0],
+                                     "min_registered": 0.9, "turned_off": False}  # fmt: skip
+    # With the bound at 0 registration is never turned off.
+    kept = PatchKNN(PatchKNNConfig(**config, align_min_registered=0.0))
+    with pytest.warns(UserWarning, match="could not be registered"):
+        kept.fit(turning, progress=False)
+    assert kept.aligner is not None and not kept.align_report["turned_off"]

@@ -40,8 +40,17 @@ def sample_line(sample_id: str, prediction) -> str:
     return (
         f"{sample_id}: {prediction.decision}  score {_fmt(prediction.score)} {relation} "
         f"{_fmt(t['sample'])}  NG views: {','.join(ng_views) or 'none'}  "
-        f"view scores {marked}{legend}"
+        f"view scores {marked}{legend}{_coverage_note(prediction)}"
     )
+
+
+def _coverage_note(prediction) -> str:
+    """A unit unlike every training unit (vsad/detector/coverage.py): the thresholds cannot
+    vouch for its decision, and the line should know why."""
+    if getattr(prediction, "pose_covered", None) is not False:
+        return ""
+    return (f"  [unlike every training unit: pose novelty {prediction.pose_novelty:.2f} > 1; "
+            "train on units at this pose]")  # fmt: skip
 
 
 def total_line(decisions: list[str | None], thresholds: dict | None) -> str:
@@ -97,6 +106,7 @@ def decision_record(sample_id: str, views: list[str], prediction) -> dict:
         "view_scores": [float(s) for s in prediction.view_scores],
         "view_decisions": prediction.view_decisions,
         "ng_views": [] if view_ng is None else [k for k, ng in enumerate(view_ng) if ng],
+        "pose_novelty": getattr(prediction, "pose_novelty", None),
     }
 
 

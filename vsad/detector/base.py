@@ -24,6 +24,7 @@ from vsad._atomic import atomic_directory
 from vsad.detector import device as devices
 from vsad.detector.alignment import ViewAligner
 from vsad.detector.config import DetectorConfig
+from vsad.detector.coverage import PoseCoverage, unit_descriptors
 from vsad.detector.inputs import check_views, to_model_tensor, views_of
 from vsad.memory.feature_banks import FeatureBanks
 from vsad.model.scoring import combine_levels, gaussian_smooth, view_and_sample_scores
@@ -47,6 +48,10 @@ class Prediction:
     view_ng:     (M,) bool, which cameras saw the defect of an NG sample: its views whose score
                  is above the view threshold (view_decisions); all False for an OK sample.
     thresholds:  the thresholds used ({"view", "sample", "source", "fpr", ...}) or None.
+    pose_novelty: how far the unit is from the training units, all views at once
+                 (vsad/detector/coverage.py): > 1 = outside what they covered, e.g. a unit
+                 turned to a pose no training unit showed, whose scores and decision the
+                 training units cannot vouch for; None for a model without coverage.
     """
 
     maps: np.ndarray
@@ -56,6 +61,12 @@ class Prediction:
     view_ng: np.ndarray | None = None
     ng: bool | None = None
     thresholds: dict | None = None
+    pose_novelty: float | None = None
+
+    @property
+    def pose_covered(self) -> bool | None:
+        """Whether the training units covered this unit (pose_novelty <= 1); None: unknown."""
+        return None if self.pose_novelty is None else self.pose_novelty <= 1.0
 
     @property
     def decision(self) -> str | None:
@@ -117,6 +128,11 @@ class BankDetector:
         self.view_size: tuple[int, int] | None = None
         self._device: torch.device | None = None  # config.device resolved (fit, load, to)
         self.aligner: ViewAligner | None = None  # config.align != "none": the reference views
+        # fit's registration check (_check_registration): what fraction of the training views
+        # registered, and whether registration was turned off for that reason.
+        self.align_report: dict | None = None
+        self._align_requested: str | None = None
+        self.coverage: PoseCoverage | None = None  # fit: the training units' summaries
 
     # -- device ---------------------------------------------------------------------------
     @property
@@ -135,6 +151,8 @@ class BankDetector:
         self.config.device, self._device = device, resolved
         if self.banks is not None:
             self.banks.to(resolved)
+        if self.coverage is not None:
+            self.coverage.to(resolved)
         self._move_to(resolved)
         return self
 
@@ -176,6 +194,9 @@ class BankDetector:
 
         self._device = None
         device = self.device  # checked before any data is read
+        if self._align_requested is not None:  # an earlier fit turned registration off
+            self.config = self.config.with_overrides({"align": self._align_requested})
+            self._align_requested = None
         torch.manual_seed(self.config.seed)
         keep_raw = self._raw_samples_needed()
         self.aligner = None
@@ -196,6 +217,9 @@ class BankDetector:
             read.append((tensor, views if len(read) < keep_raw else None, registration))
         if not read:
             raise ValueError("train: got no samples, expected at least one normal sample")
+        self.align_report = None
+        if self.aligner is not None:
+            read = self._check_registration(read)
         if self.aligner is not None and self.config.align_frame == "median":
             self.aligner.centre_frame([registration for _, _, registration in read])
         images, raw_views = [], []
@@ -217,6 +241,7 @@ class BankDetector:
         # Samples this process keeps in its bank: all, or one rank's block (vsad.distributed);
         # batches keep their single-process boundaries, so the features are the same.
         first, last = self._bank_sample_range(len(stacked))
+        summaries = []
         for start in range(0, len(stacked), batch):
             chunk = stacked[start : start + batch]
             lo, hi = max(first, start) - start, min(last, start + len(chunk)) - start
@@ -225,8 +250,13 @@ class BankDetector:
                 if (lo, hi) != (0, len(chunk)):
                     features = [f[lo:hi] for f in features]
                 self.banks.add(features)
+                summaries.append(unit_descriptors(features))
             bar.update(len(chunk))
         bar.close()
+        # Coverage needs every training unit; a process holding one block of them (several
+        # processes, vsad.distributed) fits none.
+        whole = (first, last) == (0, len(stacked))
+        self.coverage = PoseCoverage.fit(torch.cat(summaries)) if whole and summaries else None
         from vsad.detector.calibration import MIN_LOO_SAMPLES, calibrate_on_training
 
         keep_loo = self.config.threshold_fpr is not None and len(stacked) >= MIN_LOO_SAMPLES
@@ -240,6 +270,33 @@ class BankDetector:
         self.banks.finalize(seed=self.config.seed, keep_loo=keep_loo)
         calibrate_on_training(self)
         return self
+
+    def _check_registration(self, read: list) -> list:
+        """Turns registration off when too few training views registered (the units vary in
+        a way a similarity transform does not model, e.g. they turn: config
+        `align_min_registered`); records what was measured in `align_report`."""
+        registered = np.stack([registration[1] for _, _, registration in read])  # (S, M)
+        fraction = float(registered.mean())
+        minimum = self.config.align_min_registered
+        self.align_report = {
+            "registered_fraction": fraction,
+            "registered_per_camera": registered.mean(axis=0).tolist(),
+            "min_registered": minimum,
+            "turned_off": fraction < minimum,
+        }
+        if fraction >= minimum:
+            return read
+        warnings.warn(
+            f"align: only {100 * fraction:.0f} % of the training views registered to their "
+            f"camera's reference view (align_min_registered={minimum}): the units vary in a way "
+            "a rotation, scale and shift does not undo (units that turn show other sides of "
+            "themselves); views are scored unregistered (align='none')",
+            stacklevel=3,
+        )
+        self.aligner = None
+        self._align_requested = self.config.align
+        self.config = self.config.with_overrides({"align": "none"})
+        return [(tensor, views, None) for tensor, views, _ in read]
 
     def _features(self, images: torch.Tensor, timings: dict | None = None) -> list[torch.Tensor]:
         """The subclass's features, each averaged over feature_pool² neighbouring cells: a
@@ -336,6 +393,9 @@ class BankDetector:
     def _predict_batch(self, pending, timings) -> list[Prediction]:
         images = torch.stack([p[0] for p in pending]).to(self.device)
         features = self._features(images, timings)
+        novelty = None
+        if self.coverage is not None:
+            novelty = self.coverage.novelty(unit_descriptors(features)).cpu()
         with stage(timings, "bank_search"):
             distances = self.banks.search(features)
         with stage(timings, "scoring"):
@@ -361,6 +421,7 @@ class BankDetector:
                 ng=None if t is None else bool(float(scores[b]) > t["sample"]),
                 view_ng=None if t is None else view_decisions(view_scores[b].numpy(), t),
                 thresholds=used,
+                pose_novelty=None if novelty is None else float(novelty[b]),
             )
             for b in range(len(pending))
         ]
@@ -450,6 +511,10 @@ class BankDetector:
             "banks": self.banks.settings(),
             **self._extra_meta(),
         }
+        if getattr(self, "align_report", None) is not None:
+            meta["align_report"] = self.align_report
+        if self.coverage is not None:
+            meta["coverage"] = self.coverage.settings()
         if self.thresholds is not None:
             from vsad.eval.report import _sanitize
 
@@ -458,6 +523,8 @@ class BankDetector:
         state = self._state_tensors()
         if self.aligner is not None:
             state = {**state, **self.aligner.tensors()}
+        if self.coverage is not None:
+            state = {**state, **self.coverage.tensors()}
         with atomic_directory(directory) as tmp:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
             if state:
@@ -515,7 +582,11 @@ class BankDetector:
             saved_checks.check_align_file(tensors, detector.num_views, detector.view_size,
                 weights, align_frame=detector.config.align_frame)  # fmt: skip
             detector.aligner = ViewAligner.from_tensors(tensors)
-        tensors = {k: v for k, v in tensors.items() if not k.startswith("align.")}
+        detector.coverage = PoseCoverage.from_tensors(meta.get("coverage"), tensors, weights,
+                                                      meta_path)  # fmt: skip
+        if detector.coverage is not None:
+            detector.coverage.to(resolved)
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(("align.", "coverage."))}
         detector._weights_file = weights  # named by the subclass's checks of its tensors
         detector._load_state(tensors, meta)
         bank_path = directory / BANK_FILE
@@ -532,6 +603,8 @@ class BankDetector:
 
         detector.thresholds = check_thresholds(meta.get("thresholds"), str(meta_path))
         detector.normal_scores = meta.get("normal_scores")
+        detector.align_report = _checked_align_report(meta.get("align_report"),
+                                                      detector.num_views, meta_path)  # fmt: skip
         if detector.thresholds is None:
             warn_uncalibrated(str(directory))
         return detector
@@ -540,6 +613,35 @@ class BankDetector:
 DETECTORS: dict[str, type[BankDetector]] = {}
 #: Config keys that describe the machine, not the model: never saved with a detector.
 RUNTIME_KEYS = ("device",)
+
+
+def _checked_align_report(report, num_views: int, path):
+    """detector.json's `align_report` (BankDetector._check_registration), checked; None when
+    absent (registration off, or a model saved before the check existed)."""
+    from vsad.saved_files import fail
+
+    if report is None:
+        return None
+
+    def fraction(value) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1
+
+    keys = {"registered_fraction", "registered_per_camera", "min_registered", "turned_off"}
+    per_camera = report.get("registered_per_camera") if isinstance(report, dict) else None
+    if (
+        not isinstance(report, dict)
+        or set(report) != keys
+        or not fraction(report["registered_fraction"])
+        or not fraction(report["min_registered"])
+        or not isinstance(report["turned_off"], bool)
+        or not isinstance(per_camera, list)
+        or len(per_camera) != num_views
+        or not all(fraction(v) for v in per_camera)
+    ):
+        raise fail(path, f"align_report is {report!r:.120}, expected an object with "
+                   f"{sorted(keys)} (fractions in [0, 1], one per camera of {num_views}, "
+                   "turned_off a boolean) or absent")  # fmt: skip
+    return report
 
 
 def register_detector(cls: type[BankDetector]) -> type[BankDetector]:

@@ -79,12 +79,19 @@ class DetectorConfig:
     # training units' median placement (the strips a warp fills with replicated border pixels
     # are then smallest), "first" = at the first training unit's (vsad/detector/alignment.py).
     align_frame: str = "median"
+    # Registration is a model of how a unit varies (placed a little differently in the plane);
+    # fit turns it off (align="none", with a warning and `align_report` in detector.json) when
+    # fewer than this fraction of the training views register to their reference: units that
+    # turn on the station show their cameras other sides, which a similarity cannot map (real
+    # turntable: 55-63 % registered, the 2-D presets of the real-photo benchmark: 100 %).
+    align_min_registered: float = 0.9
 
     #: Ranges of the numeric fields (types come from the annotations; vsad.validation). Every
     #: field has an upper bound that keeps a run feasible; a larger value is a typo (1e21 ended
     #: in cv2 / custom-op / overflow errors deep inside fit). Why each bound:
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "threshold_fpr": between(0, 1, lo_open=True, hi_open=True),
+        "align_min_registered": between(0, 1),  # a fraction of the training views
         # Views are resized to image_size² and every feature grid and bank grows with its
         # square: at 4096² one five-view sample is 1 GB of float32 input; OpenCV stops at 32767.
         "image_size": between(1, MAX_IMAGE_SIZE),

@@ -54,10 +54,12 @@ MIN_DEFECT_PIXELS = 6
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a test sample carries: None (normal) or (family, strength)."""
+    """What a sample carries: None (normal) or (family, strength), and the unit's pose (an
+    index into the category's stations; 0 for a category photographed at one pose)."""
 
     kind: str | None = None
     strength: str | None = None
+    pose: int = 0
 
 
 class PhotoSplit(MultiViewDataset):
@@ -68,6 +70,8 @@ class PhotoSplit(MultiViewDataset):
         self.category = category.name
         self.num_views = category.station.num_views
         self.plans = plans
+        #: Per sample, the pose of the unit (turntable categories; all 0 otherwise).
+        self.poses = [plan.pose for plan in plans]
         self.records = [
             SampleRecord(
                 sample_id=f"{split}/{i:04d}",
@@ -87,7 +91,8 @@ class PhotoSplit(MultiViewDataset):
             raise IndexError(f"index: {index} is out of range for a split of {n} samples")
         index %= n
         c = self._category
-        station, preset = c.station, c.preset
+        plan = self.plans[index]
+        station, preset = c.station_at(plan.pose), c.preset
         streams = np.random.SeedSequence([c.seed, _SPLIT_CODE[self.split], index]).spawn(3)
         unit_rng, camera_seed, defect_rng = (np.random.default_rng(s) for s in streams)
         # One generator per view, for the maps and then the camera response, so that a
@@ -96,10 +101,9 @@ class PhotoSplit(MultiViewDataset):
         placement, maps, view_rngs = fitting_maps(
             station, Placement.random(preset, unit_rng), preset, view_seeds
         )
-        plan = self.plans[index]
         drawn: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if plan.kind is not None and with_defects:
-            drawn = self._place_defect(plan, maps, defect_rng)
+            drawn = self._place_defect(plan, station, maps, defect_rng)
         images, masks = [], []
         for k in range(station.num_views):
             photo, coverage = drawn.get(k, (station.photos[k], None))
@@ -121,11 +125,11 @@ class PhotoSplit(MultiViewDataset):
             defect_type=record.defect_type if any(view_labels) else NORMAL,
         )
 
-    def _place_defect(self, plan: _Plan, maps, rng: np.random.Generator) -> dict:
+    def _place_defect(self, plan: _Plan, station: Station, maps, rng: np.random.Generator) -> dict:
         """Draws the defect in a first view and carries it into the neighbours it should also
         be seen by; retries elsewhere until the first view shows it clearly enough."""
         c = self._category
-        station, M = c.station, c.station.num_views
+        M = station.num_views
         wanted = 1 + int(rng.choice(3, p=c.preset.defect_views))
         min_pixels = max(4, round(MIN_DEFECT_PIXELS * (station.view_size / 256) ** 2))
         for _ in range(MAX_PLACEMENT_TRIES):
@@ -194,10 +198,22 @@ class PhotoCategory:
     train: PhotoSplit | None = None
     test: PhotoSplit | None = None
     homographies: np.ndarray | None = None
+    #: pose -> the photographs the cameras see of a unit at that pose (turntable categories,
+    #: vsad.data.photo.turntable); empty: every unit is at pose 0, seen as `station`.
+    stations: dict[int, Station] = field(default_factory=dict)
+    #: The poses the training units take (turntable categories).
+    seen_poses: frozenset = frozenset({0})
+    #: (N, 3, 4) projection matrices of the sequence's photographs, where it has them.
+    projections: np.ndarray | None = None
 
     @property
     def num_views(self) -> int:
         return self.station.num_views
+
+    def station_at(self, pose: int) -> Station:
+        if not self.stations:
+            return self.station
+        return self.stations[pose]
 
 
 _STATIONS: dict[tuple, Station] = {}

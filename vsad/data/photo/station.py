@@ -97,7 +97,13 @@ class Station:
     #: Defects are placed at least this far (fraction of the crop side) inside the crop.
     MARGIN = 0.12
 
-    def __init__(self, photos: list[np.ndarray], view_size: int, crop: float = 0.8) -> None:
+    def __init__(
+        self,
+        photos: list[np.ndarray],
+        view_size: int,
+        crop: float = 0.8,
+        product_masks: list[np.ndarray] | None = None,
+    ) -> None:
         if not 0.2 <= crop <= 1.0:
             raise ValueError(f"crop: got {crop}, expected a fraction in [0.2, 1]")
         self.photos = [p.astype(np.float32) for p in photos]
@@ -105,6 +111,8 @@ class Station:
         self.crop = crop
         self.centres = [np.array([(p.shape[1] - 1) / 2, (p.shape[0] - 1) / 2]) for p in photos]
         self.sides = [crop * min(p.shape[:2]) for p in photos]
+        # Where the product is, per photo (None: anything neither black nor blown out).
+        self.product_masks = product_masks
         self._candidates = [self._defect_sites(k) for k in range(len(photos))]
         self._homographies: dict[tuple[int, int], np.ndarray | None] = {}
 
@@ -126,7 +134,7 @@ class Station:
     def _defect_sites(self, k: int) -> np.ndarray:
         """(K, 2) photo coordinates where a defect centre may lie in view k: inside the crop
         (with a margin), on something that is neither nearly black (the dark room behind the
-        product) nor blown out."""
+        product) nor blown out, and on the product where `product_masks` says where it is."""
         photo = self.photos[k]
         grey = cv2.GaussianBlur(photo.mean(axis=2), (0, 0), 6.0)
         h, w = grey.shape
@@ -135,6 +143,8 @@ class Station:
         cx, cy = self.centres[k]
         inside = (np.abs(xs - cx) <= half) & (np.abs(ys - cy) <= half)
         ok = inside & (grey > 45) & (grey < 230)
+        if self.product_masks is not None:
+            ok &= self.product_masks[k]
         sites = np.stack([xs[ok], ys[ok]], axis=1).astype(np.float64)
         if len(sites) < 100:
             sites = np.stack([xs[inside], ys[inside]], axis=1).astype(np.float64)
