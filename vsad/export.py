@@ -311,9 +311,12 @@ def load_export(directory: str | Path, *, device: str = "cpu"):
                 "copy the export again"
             )
     probes = load_file(str(directory / PROBE_FILE))
-    modules = []
+    # One module per (name, stages, precision): instances with the same weights traced at
+    # different sizes (say, two parts of a detector reading one backbone) are merged.
+    merged: dict[tuple, tuple[dict, dict]] = {}
     for spec in meta["backbones"]:
-        traced = {}
+        key = (spec["name"], tuple(spec["stages"]), spec["precision"])
+        traced = merged.setdefault(key, (spec, {}))[1]
         for size, name in spec["files"].items():
             h, w = (int(x) for x in size.split("x"))
             with warnings.catch_warnings():
@@ -331,7 +334,7 @@ def load_export(directory: str | Path, *, device: str = "cpu"):
                     f"shape {tuple(got.shape)} vs {tuple(expected.shape)})"
                 )
             traced[(h, w)] = module
-        modules.append(ExportedFeatures(spec, traced))
+    modules = [ExportedFeatures(spec, traced) for spec, traced in merged.values()]
     with provided_backbones(_Provider(meta, modules)):
         detector = load_detector(directory / MODEL_DIR, device="cpu")
         # PatchKNN builds its backbone on first use: do it here, while the provider is set.
