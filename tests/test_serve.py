@@ -478,7 +478,7 @@ def test_a_burst_beyond_the_queue_is_answered_503_and_every_request_exactly_once
 ):
     import httpx
 
-    slow = SlowDetector(detector, 0.3)
+    slow = SlowDetector(detector, 0.6)
     server = Server(create_app(slow, ServeSettings(max_batch=2, max_queue=3)))
     answers: dict[str, list] = {}
     lock = threading.Lock()
