@@ -24,6 +24,7 @@ import base64
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -66,14 +67,20 @@ class ServeSettings:
     source: str = ""
 
 
-def _float(x) -> float:
-    return float(x)
+def _float(x) -> float | None:
+    """A score for JSON, which has no NaN or infinity: those become null."""
+    value = float(x)
+    return value if math.isfinite(value) else None
 
 
 def encode_map(values: np.ndarray) -> dict:
     """A map as a 16-bit grey PNG: value = min + pixel / 65535 · (max − min)."""
     import cv2
 
+    finite = np.isfinite(values)
+    if not finite.all():  # clipped to the finite range (JSON has no infinity)
+        kept = values[finite]
+        values = np.clip(np.nan_to_num(values), kept.min(), kept.max()) if kept.size else 0 * finite
     lo, hi = float(values.min()), float(values.max())
     span = hi - lo
     scaled = (
@@ -99,7 +106,11 @@ def prediction_record(prediction, sample_id: str, maps: bool) -> dict:
         "decision": prediction.decision,
         "score": _float(prediction.score),
         "ng_views": [v["view"] for v in views if v["decision"] == "NG"],
-        "thresholds": prediction.thresholds,
+        "thresholds": None
+        if prediction.thresholds is None
+        else {
+            k: _float(v) if isinstance(v, float) else v for k, v in prediction.thresholds.items()
+        },
         "views": views,
     }
     if maps:
