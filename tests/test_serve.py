@@ -677,3 +677,15 @@ def test_uploads_beyond_the_memory_budget_are_answered_503_before_being_read(det
         for s in held:
             s.close()
         server.stop()
+
+
+def test_non_finite_scores_and_maps_answer_as_valid_json():
+    from vsad.detector.base import Prediction
+    from vsad.serve.app import prediction_record
+
+    maps = np.array([[[1.0, np.inf], [np.nan, -2.0]]], np.float32)
+    prediction = Prediction(maps=maps, view_scores=np.array([np.inf], np.float32), score=np.inf)
+    record = prediction_record(prediction, "s", maps=True)
+    assert record["score"] is None and record["views"][0]["score"] is None
+    assert (record["maps"][0]["min"], record["maps"][0]["max"]) == (-2.0, 1.0)
+    json.dumps(record, allow_nan=False)  # what the response does
