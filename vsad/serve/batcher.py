@@ -176,29 +176,41 @@ class Batcher:
 
 
 def choose_max_batch(
-    predict, views: list, limit: int, *, margin: float = 0.1, clock=time.perf_counter
+    predict,
+    views: list,
+    limit: int,
+    *,
+    margin: float = 0.1,
+    rounds: int = 3,
+    clock=time.perf_counter,
 ) -> tuple[int, dict]:
-    """The batch size the service uses: the largest of 1, 2, 4, ... <= limit whose time per
-    sample beats every smaller one's by more than `margin` (batching must pay for the latency
-    it adds), from timing `predict` on copies of `views` (the better of two runs each; a
-    larger size is not tried once one was slower per sample). Returns (size, {size: s per
-    sample}). On 2 cores the default VSAD is slower per sample in batches (its 384² backbone
-    activations outgrow the caches), raw-pixel PatchKNN much faster (BENCHMARKS.md)."""
+    """The batch size the service uses: starting from 1, the next size (2, 4, ...) <= limit is
+    taken while its time per sample beats the current size's by more than `margin` (batching
+    must pay for the latency it adds). Two sizes are compared by timing `predict` on copies of
+    `views` in turn, `rounds` times each, and taking the best of each (a shared machine's load
+    drifts; in turn, both see it). Returns (size, {size: s per sample}). On 2 cores the
+    default VSAD is slower per sample in batches (its 384² backbone activations outgrow the
+    caches), raw-pixel PatchKNN faster (BENCHMARKS.md, "Serving")."""
+
+    def per_sample(size: int) -> float:
+        start = clock()
+        predict([views] * size)
+        return (clock() - start) / size
+
+    timings: dict[int, float] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         predict([views])  # warm-up
-        per_sample: dict[int, float] = {}
-        best, chosen, size = float("inf"), 1, 1
-        while size <= limit:
-            runs = []
-            for _ in range(2):
-                start = clock()
-                predict([views] * size)
-                runs.append((clock() - start) / size)
-            per_sample[size] = min(runs)
-            if per_sample[size] < best * (1 - margin):
-                best, chosen = per_sample[size], size
-            elif per_sample[size] > best:
+        chosen = 1
+        while 2 * chosen <= limit:
+            bigger = 2 * chosen
+            runs: dict[int, list[float]] = {chosen: [], bigger: []}
+            for _ in range(rounds):
+                for size in runs:
+                    runs[size].append(per_sample(size))
+            timings[chosen] = min(timings.get(chosen, float("inf")), *runs[chosen])
+            timings[bigger] = min(runs[bigger])
+            if not timings[bigger] < timings[chosen] * (1 - margin):
                 break
-            size *= 2
-    return chosen, per_sample
+            chosen = bigger
+    return chosen, timings
