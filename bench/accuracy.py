@@ -87,6 +87,11 @@ DETECTORS_UNDER_TEST = {
     # The default before the registration frame was centred on the training units' median
     # placement: the first training unit's frame.
     "vsad_first_frame": ("VSAD", {"align_frame": "first"}),
+    # The default before fit checked that the training views register (issue 31): views
+    # always registered, however few did.
+    "vsad_always_registered": ("VSAD", {"align_min_registered": 0.0}),
+    # Registration turned off when too few views register, without widening the search.
+    "vsad_unregistered_r2": ("VSAD", {"unregistered_radius": None}),
     "patchknn_lite0_aligned": (
         "PatchKNN",
         {

@@ -229,6 +229,8 @@ def test_registration_is_turned_off_when_too_few_training_views_register(tmp_pat
     assert report["turned_off"] and report["registered_fraction"] < 0.9
     assert len(report["registered_per_camera"]) == 2
     assert detector.config.align == "none" and detector.aligner is None
+    assert detector.config.bank_radius == 3  # unregistered_radius: a wider local search
+    assert detector.banks.radius == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no registration is attempted any more
         before = detector.predict(turning[1])
@@ -246,6 +248,7 @@ def test_registration_is_turned_off_when_too_few_training_views_register(tmp_pat
         warnings.simplefilter("error")
         detector.fit(still, progress=False)
     assert detector.config.align == "similarity" and detector.aligner is not None
+    assert detector.config.bank_radius == 2 and detector.banks.radius == 2
     assert detector.align_report == {"registered_fraction": 1.0,
                                      "registered_per_camera": [1.0, 1.0],
                                      "min_registered": 0.9, "turned_off": False}  # fmt: skip
@@ -254,3 +257,7 @@ def test_registration_is_turned_off_when_too_few_training_views_register(tmp_pat
     with pytest.warns(UserWarning, match="could not be registered"):
         kept.fit(turning, progress=False)
     assert kept.aligner is not None and not kept.align_report["turned_off"]
+    narrow = PatchKNN(PatchKNNConfig(**config, unregistered_radius=None))
+    with pytest.warns(UserWarning, match=r"align='none', bank_radius=2\)"):
+        narrow.fit(turning, progress=False)
+    assert narrow.config.align == "none" and narrow.banks.radius == 2

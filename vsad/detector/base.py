@@ -131,7 +131,7 @@ class BankDetector:
         # fit's registration check (_check_registration): what fraction of the training views
         # registered, and whether registration was turned off for that reason.
         self.align_report: dict | None = None
-        self._align_requested: str | None = None
+        self._config_requested: DetectorConfig | None = None
         self.coverage: PoseCoverage | None = None  # fit: the training units' summaries
 
     # -- device ---------------------------------------------------------------------------
@@ -194,9 +194,8 @@ class BankDetector:
 
         self._device = None
         device = self.device  # checked before any data is read
-        if self._align_requested is not None:  # an earlier fit turned registration off
-            self.config = self.config.with_overrides({"align": self._align_requested})
-            self._align_requested = None
+        if self._config_requested is not None:  # an earlier fit turned registration off
+            self.config, self._config_requested = self._config_requested, None
         torch.manual_seed(self.config.seed)
         keep_raw = self._raw_samples_needed()
         self.aligner = None
@@ -286,16 +285,21 @@ class BankDetector:
         }
         if fraction >= minimum:
             return read
+        changes: dict = {"align": "none"}
+        wider = self.config.unregistered_radius
+        if self.config.bank_mode == "local" and wider is not None:
+            changes["bank_radius"] = max(self.config.bank_radius, wider)
         warnings.warn(
             f"align: only {100 * fraction:.0f} % of the training views registered to their "
             f"camera's reference view (align_min_registered={minimum}): the units vary in a way "
             "a rotation, scale and shift does not undo (units that turn show other sides of "
-            "themselves); views are scored unregistered (align='none')",
+            "themselves); views are scored unregistered (align='none', "
+            f"bank_radius={changes.get('bank_radius', self.config.bank_radius)})",
             stacklevel=3,
         )
         self.aligner = None
-        self._align_requested = self.config.align
-        self.config = self.config.with_overrides({"align": "none"})
+        self._config_requested = self.config
+        self.config = self.config.with_overrides(changes)
         return [(tensor, views, None) for tensor, views, _ in read]
 
     def _features(self, images: torch.Tensor, timings: dict | None = None) -> list[torch.Tensor]:

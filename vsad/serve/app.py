@@ -112,6 +112,10 @@ def prediction_record(prediction, sample_id: str, maps: bool) -> dict:
             k: _float(v) if isinstance(v, float) else v for k, v in prediction.thresholds.items()
         },
         "views": views,
+        # > 1: unlike every training unit (vsad/detector/coverage.py); null: not known
+        "pose_novelty": None
+        if prediction.pose_novelty is None
+        else _float(prediction.pose_novelty),
     }
     if maps:
         record["maps"] = [
