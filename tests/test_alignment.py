@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 
 import cv2
@@ -254,8 +255,13 @@ def test_registration_is_turned_off_when_too_few_training_views_register(tmp_pat
                                      "min_registered": 0.9, "turned_off": False}  # fmt: skip
     # With the bound at 0 registration is never turned off.
     kept = PatchKNN(PatchKNNConfig(**config, align_min_registered=0.0))
-    with pytest.warns(UserWarning, match="could not be registered"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         kept.fit(turning, progress=False)
+    # One warning sums the training units' failures up, naming each failed sample's views.
+    (summary,) = [str(w.message) for w in caught if "registered" in str(w.message)]
+    assert re.match(r"train: \d+ of 12 views could not be registered", summary), summary
+    assert "train[1] views" in summary and "train[0]" not in summary
     assert kept.aligner is not None and not kept.align_report["turned_off"]
     narrow = PatchKNN(PatchKNNConfig(**config, unregistered_radius=None))
     with pytest.warns(UserWarning, match=r"align='none', bank_radius=2\)"):

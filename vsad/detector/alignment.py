@@ -89,10 +89,11 @@ class ViewAligner:
         return self.in_frame(*self.register(views, where=where))
 
     def register(
-        self, views: list[np.ndarray], *, where: str = "views"
+        self, views: list[np.ndarray], *, where: str = "views", warn: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """(M, 2, 3) transforms view pixels -> reference-view pixels and (M,) bool, whether
-        each view registered (the identity where not, with a warning naming `where`[view])."""
+        each view registered (the identity where not, with a warning naming `where`[view]
+        unless warn=False: fit sums the training units' failures up in one warning)."""
         if len(views) != len(self.references):
             raise ValueError(
                 f"{where}: got {len(views)} views, expected {len(self.references)} (one per "
@@ -106,7 +107,7 @@ class ViewAligner:
                 registered[m] = False
                 matrix = np.eye(2, 3)
             out[m] = matrix
-        if not registered.all():
+        if warn and not registered.all():
             warnings.warn(
                 f"{where}: views {np.flatnonzero(~registered).tolist()} could not be registered "
                 f"to their reference view (fewer than {MIN_INLIERS} consistent keypoint "

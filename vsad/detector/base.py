@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from vsad._atomic import atomic_directory
 from vsad.detector import device as devices
-from vsad.detector.alignment import ViewAligner
+from vsad.detector.alignment import MIN_INLIERS, ViewAligner
 from vsad.detector.config import DetectorConfig
 from vsad.detector.coverage import PoseCoverage, unit_descriptors
 from vsad.detector.inputs import check_views, to_model_tensor, views_of
@@ -212,7 +212,7 @@ class BankDetector:
             tensor = to_model_tensor(views, self.config.image_size)
             registration = None
             if self.aligner is not None:
-                registration = self.aligner.register(views, where=where)
+                registration = self.aligner.register(views, where=where, warn=False)
             read.append((tensor, views if len(read) < keep_raw else None, registration))
         if not read:
             raise ValueError("train: got no samples, expected at least one normal sample")
@@ -284,6 +284,18 @@ class BankDetector:
             "turned_off": fraction < minimum,
         }
         if fraction >= minimum:
+            failed = [
+                (s, np.flatnonzero(~r).tolist()) for s, r in enumerate(registered) if not r.all()
+            ]
+            if failed:
+                shown = ", ".join(f"train[{s}] views {v}" for s, v in failed[:8])
+                more = f" and {len(failed) - 8} more samples" if len(failed) > 8 else ""
+                warnings.warn(
+                    f"train: {int((~registered).sum())} of {registered.size} views could not be "
+                    f"registered to their reference view (fewer than {MIN_INLIERS} consistent "
+                    f"keypoint matches): {shown}{more}; scored unaligned",
+                    stacklevel=3,
+                )
             return read
         changes: dict = {"align": "none"}
         wider = self.config.unregistered_radius
