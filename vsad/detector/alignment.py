@@ -44,6 +44,7 @@ ALIGN_MODES = ("none", "similarity")
 ALIGN_FRAMES = ("median", "first")
 #: Matches that must agree with the transform (RANSAC inliers) before it is trusted.
 MIN_INLIERS = 12
+RANSAC_SEED = 20261208
 #: Lowe's ratio for matching a view to its reference.
 RATIO = 0.75
 #: RANSAC reprojection threshold, view pixels.
@@ -147,6 +148,11 @@ class ViewAligner:
         ia, ib = ratio_matches(self.features[m], found, RATIO)
         if len(ia) < MIN_INLIERS:
             return None
+        # RANSAC draws from OpenCV's per-thread generator, whose state depends on whatever ran
+        # in the process before; reseeded, a view registers the same in every process, as a
+        # saved or exported model must to score alike when loaded elsewhere (a view with few,
+        # chance matches would otherwise register differently).
+        cv2.setRNGSeed(RANSAC_SEED)
         matrix, inliers = cv2.estimateAffinePartial2D(
             found.points[ib], self.features[m].points[ia], method=cv2.RANSAC,
             ransacReprojThreshold=RANSAC_PX, maxIters=2000, confidence=0.995,
