@@ -90,7 +90,7 @@ def test_export_loads_in_a_fresh_process_without_the_training_stack_and_scores_t
         ).is_file()
     done = subprocess.run(
         [sys.executable, "-c", FRESH, str(tmp_path / "samples.npy"), *outs],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,  # not a source checkout
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     fresh = json.loads(done.stdout.strip().splitlines()[-1])
@@ -194,7 +194,8 @@ def test_vsad_serve_on_an_export_answers_as_the_api_and_stops_on_sigterm(
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "vsad", "serve", "--run", str(out), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            cwd=tmp_path)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -43,9 +43,13 @@ def _export(args: argparse.Namespace) -> int:
     if args.no_verify:
         return 0
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # In the export folder, not the caller's: from a source checkout, `python -c` would import
+    # the checkout's vsad (no compiled vsad._C: the reference search, whose scores differ in
+    # the last bits) instead of the installed one.
     done = subprocess.run(
-        [sys.executable, "-c", _VERIFY, str(out)], capture_output=True, text=True, env=env
-    )
+        [sys.executable, "-c", _VERIFY, str(out)], capture_output=True, text=True, env=env,
+        cwd=out,
+    )  # fmt: skip
     if done.returncode != 0:
         print(done.stderr, file=sys.stderr)
         raise ValueError(f"export: '{out}' does not load in a fresh process (above)")
