@@ -83,7 +83,7 @@ class DetectorConfig:
     # fit turns it off (align="none", with a warning and `align_report` in detector.json) when
     # fewer than this fraction of the training views register to their reference: units that
     # turn on the station show their cameras other sides, which a similarity cannot map (real
-    # turntable: 55-63 % registered, the 2-D presets of the real-photo benchmark: 100 %).
+    # turntable: 53-63 % registered, the 2-D presets of the real-photo benchmark: 100 %).
     align_min_registered: float = 0.9
     # When fit turns registration off for that reason, the local search widens to ±this many
     # cells (None: keep bank_radius): parts of a turned unit move further than a placed one's.
